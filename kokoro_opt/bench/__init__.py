@@ -1,0 +1,1 @@
+"""Latency, RTF, time-to-first-audio and memory harness; server load driver."""

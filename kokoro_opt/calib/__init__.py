@@ -1,0 +1,1 @@
+"""Calibration corpora and phonemized feeds for static quantization."""

@@ -1,0 +1,40 @@
+"""The `kokoro-opt` command line: a root Typer app with one sub-app or command per module.
+
+Only this package prints or exits. Library errors (`KokoroOptError`) become one red line on
+stderr and the error's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from kokoro_opt.cli import model as model_cli
+from kokoro_opt.cli import speak as speak_cli
+from kokoro_opt.cli.console import err_console
+from kokoro_opt.errors import KokoroOptError
+
+app = typer.Typer(
+    name="kokoro-opt",
+    help="Make Kokoro-82M small and fast without making it sound worse, and prove it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(model_cli.app, name="model")
+speak_cli.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: run the app and render domain errors as one line."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KokoroOptError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)

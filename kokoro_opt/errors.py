@@ -1,0 +1,47 @@
+"""Domain errors. Library code raises these; only `kokoro_opt.cli` prints them and exits."""
+
+from __future__ import annotations
+
+
+class KokoroOptError(Exception):
+    """Base class: the message is one line that says what was wrong and how to fix it."""
+
+    exit_code: int = 1
+
+
+class UserInputError(KokoroOptError):
+    """Bad input from the user: a text, an option value, a file that is not what it should be."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(UserInputError):
+    """A MODEL argument that is neither a cache name nor an existing path."""
+
+
+class ModelFormatError(UserInputError):
+    """A file that is not a loadable ONNX model (corrupt, truncated, wrong contract)."""
+
+
+class ChecksumError(KokoroOptError):
+    """A file whose sha256 does not match the expected one."""
+
+
+class ProviderUnavailableError(UserInputError):
+    """An execution provider this onnxruntime build does not have."""
+
+
+class VoiceError(UserInputError):
+    """An unknown voice, a malformed blend, or an unreadable voice pack."""
+
+
+class LanguageError(UserInputError):
+    """A language code the G2P does not support."""
+
+
+class TextError(UserInputError):
+    """Text that cannot be synthesized (empty, nothing speakable, too long)."""
+
+
+class OfflineError(KokoroOptError):
+    """Something needs the network and the network is not there."""

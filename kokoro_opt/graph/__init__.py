@@ -1,0 +1,1 @@
+"""ONNX utilities shared by passes: load/save, restore, inspect, node selection."""

@@ -1,0 +1,1 @@
+"""Runs a recipe's steps with a content-hash cache and provenance."""

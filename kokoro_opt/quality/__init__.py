@@ -1,0 +1,1 @@
+"""Fidelity measures: offline ASR word error rate and aligned spectral distances."""

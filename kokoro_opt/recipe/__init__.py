@@ -1,0 +1,1 @@
+"""Recipe schema, loading and validation."""

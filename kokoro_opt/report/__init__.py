@@ -1,0 +1,1 @@
+"""Evidence reports: versioned JSON schema, Markdown and HTML with plots."""

@@ -1,0 +1,1 @@
+"""Local OpenAI-compatible streaming TTS server built on the runtime."""
