@@ -1,0 +1,5 @@
+"""`python -m kokoro_opt` runs the CLI."""
+
+from kokoro_opt.cli import main
+
+main()
