@@ -1,0 +1,67 @@
+"""Audio helpers shared by the CLI, the server and the benchmarks: PCM16, atomic WAV files, and a
+check that a stream does not end in static."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from kokoro_opt.errors import UserInputError
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """float samples in [-1, 1] -> int16 (clipped; NaN becomes 0)."""
+    audio = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0)
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
+    """Write a mono PCM16 WAV atomically (temp file in the same folder, then rename).
+
+    Raises UserInputError when the folder does not exist or the path is a folder; a failure
+    never leaves a partial file at `path`.
+    """
+    import soundfile as sf
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserInputError(f"Output {path} is a folder: give a file name such as out.wav.")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserInputError(
+            f"Output folder {folder} does not exist: create it or choose another path."
+        )
+    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            sf.write(f, to_pcm16(samples), sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def tail_report(samples: np.ndarray, sample_rate: int, window_s: float = 0.1) -> dict[str, float]:
+    """Measures of the last `window_s` of audio: `rms`, `peak`, `zcr` (zero crossings per
+    sample) and `nonfinite` (count). Speech ends in near-silence; static is loud and noise-like
+    (high RMS with a zero-crossing rate near 0.5)."""
+    audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+    tail = audio[-max(1, int(window_s * sample_rate)) :]
+    finite = tail[np.isfinite(tail)]
+    report = {"rms": 0.0, "peak": 0.0, "zcr": 0.0, "nonfinite": float(tail.size - finite.size)}
+    if finite.size:
+        signs = np.signbit(finite)
+        report["rms"] = float(np.sqrt(np.mean(finite.astype(np.float64) ** 2)))
+        report["peak"] = float(np.max(np.abs(finite)))
+        report["zcr"] = float(np.mean(signs[1:] != signs[:-1])) if finite.size > 1 else 0.0
+    return report
+
+
+def ends_clean(samples: np.ndarray, sample_rate: int, *, max_rms: float = 0.02) -> bool:
+    """True when the last 100 ms are quiet (RMS below `max_rms`, about -34 dBFS) and finite."""
+    report = tail_report(samples, sample_rate)
+    return report["nonfinite"] == 0 and report["rms"] < max_rms
