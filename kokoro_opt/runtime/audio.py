@@ -45,6 +45,35 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
+def trim_silence(
+    samples: np.ndarray,
+    sample_rate: int,
+    *,
+    max_lead_s: float = 0.05,
+    max_tail_s: float = 0.3,
+    threshold: float = 1e-3,
+    frame_s: float = 0.01,
+) -> np.ndarray:
+    """Shorten leading silence to at most `max_lead_s` and trailing silence to `max_tail_s`.
+
+    Silence is a frame (10 ms) whose RMS is below `threshold` (1e-3 is -60 dBFS, far below soft
+    consonants and breaths; Kokoro's padding silence is near 1e-8). Only silence is removed;
+    audio with no frame above the threshold is returned unchanged.
+    """
+    audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+    frame = max(1, int(frame_s * sample_rate))
+    n_frames = len(audio) // frame
+    if n_frames == 0:
+        return audio
+    frames = audio[: n_frames * frame].astype(np.float64).reshape(n_frames, frame)
+    loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) >= threshold)
+    if loud.size == 0:
+        return audio
+    start = max(0, int(loud[0]) * frame - int(max_lead_s * sample_rate))
+    end = min(len(audio), (int(loud[-1]) + 1) * frame + int(max_tail_s * sample_rate))
+    return audio[start:end]
+
+
 def tail_report(samples: np.ndarray, sample_rate: int, window_s: float = 0.1) -> dict[str, float]:
     """Measures of the last `window_s` of audio: `rms`, `peak`, `zcr` (zero crossings per
     sample) and `nonfinite` (count). Speech ends in near-silence; static is loud and noise-like

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from kokoro_opt.errors import UserInputError
-from kokoro_opt.runtime.audio import ends_clean, to_pcm16, write_wav
+from kokoro_opt.runtime.audio import ends_clean, to_pcm16, trim_silence, write_wav
 
 
 def test_to_pcm16() -> None:
@@ -59,3 +59,22 @@ def test_ends_clean() -> None:
     noise = np.random.default_rng(0).uniform(-0.4, 0.4, 9600).astype(np.float32)
     assert not ends_clean(noise, 24000)
     assert not ends_clean(np.full(9600, np.nan, np.float32), 24000)
+
+
+def test_trim_silence_keeps_speech_and_short_pads() -> None:
+    sr = 24000
+    speech = (np.sin(np.arange(sr) / 7) * 0.3).astype(np.float32)  # 1 s
+    soft = np.full(480, 0.002, np.float32)  # 20 ms at -54 dBFS: quiet but real
+    padded = np.concatenate(
+        [np.full(int(0.4 * sr), 1e-8, np.float32), soft, speech, np.zeros(int(0.6 * sr))]
+    ).astype(np.float32)
+    trimmed = trim_silence(padded, sr)
+    start = int(np.flatnonzero(trimmed >= 0.002)[0])
+    assert start == pytest.approx(0.05 * sr, abs=240)  # 50 ms kept before the first sound
+    assert np.count_nonzero(trimmed == np.float32(0.002)) == 480  # the soft onset survives
+    tail = len(trimmed) - (int(np.flatnonzero(np.abs(trimmed) > 0.01)[-1]) + 1)
+    assert tail == pytest.approx(0.3 * sr, abs=240)
+    np.testing.assert_array_equal(trimmed[start + 480 : start + 480 + sr], speech)
+    silent = np.zeros(sr, np.float32)
+    assert len(trim_silence(silent, sr)) == sr  # nothing audible: unchanged
+    assert len(trim_silence(np.zeros(3, np.float32), sr)) == 3
