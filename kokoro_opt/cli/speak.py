@@ -1,0 +1,143 @@
+"""`kokoro-opt speak TEXT -o out.wav`: synthesize text to a 24 kHz mono PCM16 WAV file."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kokoro_opt.cli.console import console, err_console
+from kokoro_opt.runtime.voices import DEFAULT_VOICE
+
+DEFAULT_MODEL = "kokoro-fp32"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `speak` command to the root app."""
+    app.command("speak")(speak)
+
+
+def speak(
+    text: Annotated[
+        str, typer.Argument(help="The text to speak, or '-' to read it from standard input.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The WAV file to write (24 kHz mono PCM16).")
+    ],
+    model: Annotated[
+        str,
+        typer.Option(help="A model cache name (such as kokoro-int8-export) or an .onnx path."),
+    ] = DEFAULT_MODEL,
+    voice: Annotated[
+        str,
+        typer.Option(help="A voice name, or a blend such as 'jf_alpha*0.7+jm_kumo*0.3'."),
+    ] = DEFAULT_VOICE,
+    voices: Annotated[
+        Path | None,
+        typer.Option(
+            help="A voice pack to use instead of the bundled Japanese voices: a kokoro-onnx "
+            ".bin/.npz, a .npy file, or a folder of .npy files."
+        ),
+    ] = None,
+    speed: Annotated[
+        float, typer.Option(help="Speaking rate from 0.5 to 2.0; 1.0 is normal.")
+    ] = 1.0,
+    lang: Annotated[
+        str, typer.Option(help="The language of the text, such as en-us, en-gb, es or fr.")
+    ] = "en-us",
+    provider: Annotated[
+        str, typer.Option(help="The ONNX Runtime provider: cpu, cuda, coreml or auto.")
+    ] = "cpu",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads for ONNX Runtime; default is one per core."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Speak TEXT into a WAV file and print duration, synthesis time and real-time factor."""
+    import numpy as np
+
+    from kokoro_opt.runtime.audio import write_wav
+    from kokoro_opt.runtime.g2p import get_g2p, normalize_lang
+    from kokoro_opt.runtime.segment import segment_text
+    from kokoro_opt.runtime.session import normalize_provider
+    from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, check_speed, check_text
+    from kokoro_opt.runtime.voices import VoiceLibrary
+    from kokoro_opt.store import resolve_model
+
+    if text == "-":
+        text = sys.stdin.read()
+    # Cheap checks first, so bad input fails before the model loads.
+    check_text(text)
+    speed = check_speed(speed)
+    lang = normalize_lang(lang)
+    provider = normalize_provider(provider)
+    library = VoiceLibrary.from_spec(voices)
+    library.validate(voice)
+    model_path = resolve_model(model)
+
+    start = time.perf_counter()
+    with err_console.status(f"Loading {model_path.name} and the {lang} G2P ..."):
+        synth = Synthesizer(model_path, voices=library, provider=provider, threads=threads)
+        get_g2p(lang)  # one-time start-up cost, kept out of the synthesis time
+    load_s = time.perf_counter() - start
+
+    n_segments = len(segment_text(text, policy=synth.segment_policy))
+    chunks = []
+    first_audio_s = None
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} segments"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("Speaking", total=n_segments)
+        for chunk in synth.stream(text, voice=voice, speed=speed, lang=lang):
+            if first_audio_s is None:
+                first_audio_s = time.perf_counter() - start
+            chunks.append(chunk.samples)
+            progress.update(task, completed=chunk.segment + 1)
+    synth_s = time.perf_counter() - start
+
+    audio = np.concatenate(chunks)
+    write_wav(output, audio, SAMPLE_RATE)
+    duration = len(audio) / SAMPLE_RATE
+    summary = {
+        "output": str(output),
+        "model": str(model_path),
+        "voice": voice,
+        "lang": lang,
+        "speed": speed,
+        "provider": synth.providers[0],
+        "sample_rate": SAMPLE_RATE,
+        "duration_s": round(duration, 3),
+        "segments": len(chunks),
+        "load_s": round(load_s, 3),
+        "synthesis_s": round(synth_s, 3),
+        "first_audio_s": round(first_audio_s or 0.0, 3),
+        "rtf": round(synth_s / duration, 4) if duration else None,
+    }
+    if json_output:
+        console.print_json(json.dumps(summary))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("Wrote", f"{output} (24 kHz mono PCM16)")
+    table.add_row("Audio", f"{duration:.2f} s in {len(chunks)} segment(s)")
+    table.add_row("Time", f"{synth_s:.2f} s (first audio {first_audio_s or 0:.2f} s)")
+    table.add_row("RTF", f"{synth_s / duration:.3f}" if duration else "n/a")
+    table.add_row("Model", f"{model_path.name} on {synth.providers[0]} (loaded in {load_s:.2f} s)")
+    table.add_row("Voice", f"{voice}, {lang}, speed {speed:g}")
+    console.print(table)
