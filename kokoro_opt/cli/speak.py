@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from kokoro_opt.cli.console import console, err_console
-from kokoro_opt.runtime.voices import DEFAULT_VOICE
 
 DEFAULT_MODEL = "kokoro-fp32"
+# Same as kokoro_opt.runtime.voices.DEFAULT_VOICE (a test keeps them equal); not imported from
+# there so that `kokoro-opt --help` does not import numpy.
+DEFAULT_VOICE = "jf_gongitsune"
 
 
 def register(app: typer.Typer) -> None:
@@ -64,6 +64,8 @@ def speak(
 ) -> None:
     """Speak TEXT into a WAV file and print duration, synthesis time and real-time factor."""
     import numpy as np
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
 
     from kokoro_opt.runtime.audio import write_wav
     from kokoro_opt.runtime.g2p import get_g2p, normalize_lang

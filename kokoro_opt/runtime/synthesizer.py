@@ -147,15 +147,19 @@ class Synthesizer:
         speed: float = 1.0,
         lang: str = "en-us",
         first_segment_fast: bool = True,
+        segment_policy: SegmentPolicy | None = None,
     ) -> Iterator[AudioChunk]:
         """Validate everything now, then return a generator of AudioChunk, one per segment,
-        the last with `is_last=True`."""
+        the last with `is_last=True`. `segment_policy` overrides the synthesizer's for this
+        call. Closing the generator (or dropping it) stops the work."""
         check_text(text, self.max_chars)
         speed = check_speed(speed)
         pack = self.voices.get(voice)
         g2p = get_g2p(normalize_lang(lang))
         segments = segment_text(
-            text, first_segment_fast=first_segment_fast, policy=self.segment_policy
+            text,
+            first_segment_fast=first_segment_fast,
+            policy=segment_policy or self.segment_policy,
         )
         if not segments:
             raise TextError("Nothing speakable in the text: give words, not only punctuation.")

@@ -20,6 +20,13 @@ def _speak(args: list[str], capsys: pytest.CaptureFixture[str]):
     return run_cli(["speak", *args], capsys)
 
 
+def test_default_voice_matches_the_runtime() -> None:
+    from kokoro_opt.cli import speak
+    from kokoro_opt.runtime import voices
+
+    assert speak.DEFAULT_VOICE == voices.DEFAULT_VOICE
+
+
 def test_speak_writes_24k_mono_pcm16(
     synthetic_fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -77,6 +77,21 @@ def test_stream_without_fast_path_packs_sentences(synth: Synthesizer) -> None:
     assert packed[0].text.startswith("Well, that went better than expected.")
 
 
+def test_per_call_segment_policy(synth: Synthesizer) -> None:
+    tiny = SegmentPolicy(first_max_chars=10, max_chars=30)
+    chunks = list(synth.stream(TEXT, voice="jf_alpha", segment_policy=tiny))
+    assert all(len(c.text) <= 30 for c in chunks) and len(chunks) > 5
+    assert " ".join(c.text for c in chunks) == TEXT
+
+
+def test_closing_the_stream_stops_it(synth: Synthesizer) -> None:
+    stream = synth.stream(TEXT, voice="jf_alpha")
+    first = next(stream)
+    assert first.seq == 0
+    stream.close()
+    assert next(stream, None) is None
+
+
 def test_synthesize_is_the_stream_concatenated(synth: Synthesizer) -> None:
     audio, sr = synth.synthesize(TEXT, voice="jf_alpha*0.7+jm_kumo*0.3", speed=1.2)
     chunks = synth.stream(TEXT, voice="jf_alpha*0.7+jm_kumo*0.3", speed=1.2)
