@@ -12,13 +12,16 @@ contains only symbols of the model's vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-from kokoro_opt.errors import LanguageError
+from kokoro_opt.errors import LanguageError, TextError
 from kokoro_opt.runtime.tokenizer import filter_phonemes
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,8 @@ _ESPEAK_VOICE: dict[str, str] = {
     "zh": "cmn",
 }
 
+
+_KANJI = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
 
 # The attributes misaki 0.9.4's `misaki.en.G2P.__init__` sets (see MisakiEnglishG2P).
 MISAKI_G2P_ATTRIBUTES = frozenset({"version", "british", "nlp", "lexicon", "fallback", "unk"})
@@ -196,7 +201,7 @@ class MisakiEnglishG2P:
         self._lock = threading.Lock()
 
     def phonemize(self, text: str) -> str:
-        with self._lock:
+        with self._lock, _g2p_errors(self.lang, text):
             phonemes, _tokens = self._g2p(text)
         return filter_phonemes(phonemes)
 
@@ -211,8 +216,26 @@ class EspeakG2P:
         self.lang = lang
         self._g2p = misaki.espeak.EspeakG2P(language=_ESPEAK_VOICE[lang])
         self._lock = threading.Lock()
+        self._warned = False
 
     def phonemize(self, text: str) -> str:
-        with self._lock:
+        if self.lang == "ja" and not self._warned and _KANJI.search(text):
+            self._warned = True
+            logger.warning(
+                "espeak-ng reads kanji as Chinese; write Japanese in kana for a proper reading"
+            )
+        with self._lock, _g2p_errors(self.lang, text):
             phonemes, _ = self._g2p(text)
         return filter_phonemes(phonemes)
+
+
+@contextlib.contextmanager
+def _g2p_errors(lang: str, text: str) -> Iterator[None]:
+    """Turn a failure inside misaki/espeak on odd input into a one-line TextError."""
+    try:
+        yield
+    except Exception as exc:  # third-party code: any failure means this text cannot be spoken
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TextError(
+            f"The {lang} G2P failed on {text[:40]!r}: {first}. Rephrase or remove unusual symbols."
+        ) from exc

@@ -136,3 +136,23 @@ def test_get_g2p_is_cached_per_language_and_thread_safe() -> None:
     assert not errors
     assert len({id(g) for g, _ in results}) == 1
     assert len({p for _, p in results}) == 1
+
+
+def test_backend_failures_become_one_line_text_errors() -> None:
+    from kokoro_opt.errors import TextError
+
+    with pytest.raises(TextError) as info, g2p_mod._g2p_errors("en-us", "some odd text"):
+        raise ValueError("bad token\nsecond line")
+    message = str(info.value)
+    assert message.startswith("The en-us G2P failed on 'some odd text': bad token.")
+    assert "\n" not in message
+
+
+def test_japanese_kanji_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    japanese = g2p_mod.EspeakG2P("ja")  # fresh, so the warning has not fired yet
+    with caplog.at_level("WARNING", logger="kokoro_opt.runtime.g2p"):
+        japanese.phonemize("こんにちは")
+        assert not caplog.records
+        japanese.phonemize("今日は")
+        japanese.phonemize("明日")
+    assert len(caplog.records) == 1 and "kana" in caplog.records[0].getMessage()
