@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from kokoro_opt.cli import coreml as coreml_cli
 from kokoro_opt.cli import model as model_cli
 from kokoro_opt.cli import speak as speak_cli
 from kokoro_opt.cli.console import err_console
@@ -24,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(model_cli.app, name="model")
+app.add_typer(coreml_cli.app, name="coreml")
 speak_cli.register(app)
 
 
