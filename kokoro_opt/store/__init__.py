@@ -1,1 +1,29 @@
 """Model store: the cache folder, pulling the real Kokoro-82M offline, resolving MODEL arguments."""
+
+from __future__ import annotations
+
+from kokoro_opt.store.cache import (
+    DEFAULT_NAMES,
+    FP32_NAME,
+    INT8_NAME,
+    cache_dir,
+    list_models,
+    model_file,
+    models_dir,
+    resolve_model,
+)
+from kokoro_opt.store.pull import ensure_default_models, pull_default, register_model
+
+__all__ = [
+    "DEFAULT_NAMES",
+    "FP32_NAME",
+    "INT8_NAME",
+    "cache_dir",
+    "ensure_default_models",
+    "list_models",
+    "model_file",
+    "models_dir",
+    "pull_default",
+    "register_model",
+    "resolve_model",
+]
