@@ -43,5 +43,9 @@ class TextError(UserInputError):
     """Text that cannot be synthesized (empty, nothing speakable, too long)."""
 
 
+class CorpusError(UserInputError):
+    """A text corpus that cannot be used: missing, unreadable, empty, or without the column."""
+
+
 class OfflineError(KokoroOptError):
     """Something needs the network and the network is not there."""
