@@ -21,7 +21,7 @@ initializers and value_info are removed, and opset imports no node uses are drop
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,17 +65,22 @@ def restore_fp32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any
     restorer = _Restorer(model)
     restorer.run()
     out = restorer.build()
-    leftover = sorted(
-        f"{n.op_type} {n.name!r}"
+    leftover = [
+        n
         for n in out.graph.node
         if n.op_type in INTEGER_OPS
-        or (n.op_type == "DequantizeLinear" and restorer.is_gather_output(n.input[0]))
-    )
+        or (n.op_type == "DequantizeLinear" and restorer.is_quantized_gather(n.input[0]))
+    ]
     if leftover:
+        # Name the compute op first: its activation quantizers only stay because it does.
+        leftover.sort(key=lambda n: n.op_type == "DynamicQuantizeLinear")
+        counts = Counter(n.op_type for n in leftover)
+        kinds = ", ".join(f"{op} x{k}" for op, k in counts.items())
         raise ModelFormatError(
-            f"Cannot restore {len(leftover)} quantized node(s) to float (first: {leftover[0]}): "
-            "only onnxruntime dynamic-quantization patterns (MatMulInteger, ConvInteger, "
-            "DynamicQuantizeLSTM, Gather -> DequantizeLinear) are supported. Use an FP32 export."
+            f"Cannot restore {len(leftover)} quantized node(s) to float ({kinds}; first: "
+            f"{leftover[0].op_type} {leftover[0].name!r}): only onnxruntime dynamic-quantization "
+            "patterns (MatMulInteger, ConvInteger, DynamicQuantizeLSTM, Gather -> "
+            "DequantizeLinear) are supported. Use an FP32 export."
         )
     return out, restorer.report
 
@@ -142,9 +147,13 @@ class _Restorer:
             elif node.op_type == "DynamicQuantizeLSTM":
                 self._lstm(node)
 
-    def is_gather_output(self, name: str) -> bool:
+    def is_quantized_gather(self, name: str) -> bool:
+        """Whether `name` is the output of a Gather on an 8-bit table (pattern d's input)."""
         node = self.producer.get(name)
-        return node is not None and node.op_type == "Gather" and id(node) in self.replacements
+        if node is None or node.op_type != "Gather":
+            return False
+        table = self._const(node.input[0])
+        return table is not None and table.dtype.type in _INT_TYPES
 
     def build(self) -> onnx.ModelProto:
         src = self.model
@@ -420,7 +429,7 @@ class _Restorer:
         dims = [int(d) for d in shape.reshape(-1)]
         if (
             len(dims) < 2
-            or dims[1] != channels
+            or dims[1] not in (channels, -1)
             or any(d != 1 for i, d in enumerate(dims) if i != 1)
         ):
             return None
