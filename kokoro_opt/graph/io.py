@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,6 +50,12 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         ) from None
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError, ...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        missing = re.search(r"should be stored in (.+?), but it is not regular file", reason)
+        if missing:
+            raise ModelFormatError(
+                f"{path} refers to an external-data file that is missing ({missing.group(1)}). "
+                "Keep the model's .data file next to it."
+            ) from None
         raise ModelFormatError(_format_message(path, reason)) from None
     problem = _structural_problem(model)
     if problem is not None:
