@@ -99,8 +99,6 @@ def inspect(
     with err_console.status(f"Loading {path.name} ..."):
         info = inspect_model(load_model(path), top=top)
     info = {"path": str(path), "file_bytes": path.stat().st_size, **info}
-    for row in info["largest_tensors"]:
-        row.pop("elem_type", None)
     if json_output:
         console.print_json(json.dumps(info))
         return

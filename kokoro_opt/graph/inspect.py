@@ -114,7 +114,11 @@ def inspect_model(model: onnx.ModelProto, *, top: int = 10) -> dict[str, Any]:
         "quant_style": style,
         "quant_evidence": evidence,
         "largest_tensors": [
-            {**t, "used_by": sorted(consumers.get(t["name"], set()))} for t in largest
+            {
+                **{k: v for k, v in t.items() if k != "elem_type"},
+                "used_by": sorted(consumers.get(t["name"], set())),
+            }
+            for t in largest
         ],
         "serialized_bytes": model.ByteSize(),
     }
