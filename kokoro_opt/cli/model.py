@@ -79,7 +79,7 @@ def list_(
             f"No models in {models_dir()} yet. Run `kokoro-opt model pull` to build the defaults."
         )
         return
-    _models_table(rows, title=f"Models in {models_dir()}")
+    _models_table(rows, title="Cached models")
 
 
 @app.command("inspect")
@@ -140,23 +140,16 @@ def _progress() -> Iterator[Any]:
 def _models_table(rows: list[dict[str, Any]], *, title: str) -> None:
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    table.add_column("name", style="bold")
-    table.add_column("kind")
-    table.add_column("size", justify="right")
-    table.add_column("sha256")
-    table.add_column("created")
-    table.add_column("path", overflow="fold")
+    from kokoro_opt.store import models_dir
+
+    table = Table(title=title, title_justify="left", caption=f"Folder: {models_dir()}")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("sha256", no_wrap=True)
     for row in rows:
         sha = row.get("sha256") or "-"
-        table.add_row(
-            row["name"],
-            row["kind"],
-            _mb(row["size_bytes"]),
-            sha[:12],
-            (row.get("created") or "-")[:19],
-            row["path"],
-        )
+        table.add_row(row["name"], row["kind"], _mb(row["size_bytes"]), sha[:12])
     console.print(table)
 
 
@@ -201,10 +194,18 @@ def _render_inspect(info: dict[str, Any]) -> None:
     console.print(dtypes)
 
     ops = Table(title="Op histogram", title_justify="left")
-    ops.add_column("op")
-    ops.add_column("count", justify="right")
-    for op, count in info["op_histogram"].items():
-        ops.add_row(op, f"{count:,}")
+    pairs = list(info["op_histogram"].items())
+    n_cols = 2
+    for _ in range(n_cols):
+        ops.add_column("op")
+        ops.add_column("count", justify="right")
+    n_rows = (len(pairs) + n_cols - 1) // n_cols
+    for r in range(n_rows):
+        cells: list[str] = []
+        for c in range(n_cols):
+            i = c * n_rows + r
+            cells += [pairs[i][0], f"{pairs[i][1]:,}"] if i < len(pairs) else ["", ""]
+        ops.add_row(*cells)
     console.print(ops)
 
     if info["largest_tensors"]:
