@@ -208,9 +208,7 @@ class Synthesizer:
             t0 = time.perf_counter()
             raw = self.infer(tokens, style_for(pack, len(tokens)), speed)
             infer_ms = (time.perf_counter() - t0) * 1e3
-            samples, nonfinite = guard_audio(
-                trim_silence(raw, SAMPLE_RATE) if self.trim else raw, SAMPLE_RATE
-            )
+            samples, nonfinite = finish_audio(raw, trim=self.trim)
             if nonfinite:
                 logger.warning(
                     "model produced %d NaN/inf samples for %r; replaced by 0", nonfinite, segment
@@ -265,6 +263,15 @@ def check_speed(speed: float) -> float:
             "(1.0 is normal speed)."
         )
     return value
+
+
+def finish_audio(
+    raw: np.ndarray, sample_rate: int = SAMPLE_RATE, *, trim: bool = True
+) -> tuple[np.ndarray, int]:
+    """What `stream` does to each raw model output: shorten the padding silence (`trim`,
+    see `audio.trim_silence`), then `guard_audio`. Returns (samples, nonfinite count). Other
+    callers of `infer` (the server's pipeline) should use this to get identical chunks."""
+    return guard_audio(trim_silence(raw, sample_rate) if trim else raw, sample_rate)
 
 
 def guard_audio(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:

@@ -16,10 +16,11 @@ from kokoro_opt.runtime.synthesizer import (
     SAMPLE_RATE,
     AudioChunk,
     Synthesizer,
+    finish_audio,
     guard_audio,
 )
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, tokenize
-from kokoro_opt.runtime.voices import VoiceLibrary
+from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 from tests.runtime.tiny_models import build_contract_model
 
 TEXT = (
@@ -200,6 +201,26 @@ def test_kokoro_onnx_contract_end_to_end(tmp_path: Path) -> None:
     assert sr == 24000 and np.abs(audio).max() == 1.0  # token ids > 1 were clipped
     with pytest.raises(UserInputError, match="integer speed"):
         synth.synthesize("Hello world.", voice="af_loud", speed=1.5)
+
+
+def test_stream_chunks_are_finished_infer_output(synth: Synthesizer) -> None:
+    chunk = next(synth.stream("Hello there.", voice="jf_nezumi"))
+    tokens = tokenize(chunk.phonemes)
+    pack = synth.voices.get("jf_nezumi")
+    raw = synth.infer(tokens, style_for(pack, len(tokens)), 1.0)
+    samples, nonfinite = finish_audio(raw)
+    np.testing.assert_array_equal(samples, chunk.samples)
+    assert nonfinite == chunk.nonfinite == 0
+
+
+def test_finish_audio_trims_padding_silence() -> None:
+    speech = (np.sin(np.arange(SAMPLE_RATE) / 5) * 0.4).astype(np.float32)
+    pad = np.full(int(0.4 * SAMPLE_RATE), 1e-8, np.float32)
+    raw = np.concatenate([pad, speech, pad, pad])
+    trimmed, _ = finish_audio(raw)
+    untrimmed, _ = finish_audio(raw, trim=False)
+    assert len(untrimmed) == len(raw)
+    assert len(trimmed) == pytest.approx(SAMPLE_RATE * 1.35, abs=SAMPLE_RATE * 0.011)
 
 
 def test_guard_audio() -> None:
