@@ -113,8 +113,8 @@ def _progress() -> Iterator[Any]:
     """A Rich progress bar on stderr, driven by store progress callbacks."""
     from rich.progress import (
         BarColumn,
-        DownloadColumn,
         Progress,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
     )
@@ -122,7 +122,7 @@ def _progress() -> Iterator[Any]:
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
