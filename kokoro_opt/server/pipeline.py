@@ -1,0 +1,436 @@
+"""One speech request as a three-stage pipeline joined by bounded queues.
+
+    stage 1  text     segment plan (short first segment), G2P, tokens  -> pieces queue
+    stage 2  infer    a pooled session per piece (earliest deadline first) -> audio queue
+    stage 3  encode   PCM16 / WAV / MP3 / Opus / FLAC, or ndjson / SSE records -> output queue
+
+Each stage is an asyncio task; blocking work (G2P, model calls, compressed encoding) runs on the
+engine's fixed worker threads. Queues hold `queue_size` items, so a slow client holds back the
+stages behind it (backpressure) and a stream never synthesizes far ahead of what is sent, while
+segment N+1 is being synthesized as segment N is sent. `aclose()` cancels all stages: a client
+that disconnects stops its pending work at the next segment boundary (a model call in progress
+finishes, then its session goes back to the pool).
+
+The first segment is looked up in the primer cache before G2P; on a hit it skips the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kokoro_opt.runtime.audio import to_pcm16
+from kokoro_opt.runtime.g2p import get_g2p
+from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, guard_audio
+from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, split_phonemes, tokenize, vocab
+from kokoro_opt.runtime.voices import style_for
+from kokoro_opt.server.cache import CacheKey, PrimerCache
+from kokoro_opt.server.encoding import make_encoder, wav_bytes
+from kokoro_opt.server.engine import Engine
+from kokoro_opt.server.errors import SynthesisTimeout
+from kokoro_opt.server.segments import plan_segments
+from kokoro_opt.server.telemetry import Telemetry
+
+# A chunk counts as audible (for time to first audio) when a sample exceeds this (-40 dBFS).
+AUDIBLE = 0.01
+_END = object()
+
+
+@functools.cache
+def _silent_ids() -> frozenset[int]:
+    table = vocab()
+    return frozenset(table[c] for c in ';:,.!?—…"()“” ' if c in table)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Per-request knobs (from ServerSettings)."""
+
+    first_segment_chars: int = 24
+    max_segment_chars: int = 300
+    growth: float = 3.0
+    queue_size: int = 2
+    timeout_s: float = 30.0
+    primer_ms: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """A validated speech request."""
+
+    text: str
+    voice: str
+    pack: np.ndarray = field(repr=False)
+    speed: float
+    lang: str
+    response_format: str  # wav, pcm, mp3, opus, flac
+    stream_format: str  # audio, ndjson, sse
+    stream: bool  # False: one complete file at the end
+    arrived: float  # time.perf_counter() when the request came in
+
+
+@dataclass
+class _Piece:
+    index: int
+    text: str
+    tokens: list[int] | None
+    cached: np.ndarray | None = None
+    cache_key: CacheKey | None = None
+
+
+@dataclass
+class _Audio:
+    index: int
+    text: str
+    samples: np.ndarray
+    cached: bool
+
+
+@dataclass
+class Output:
+    """Bytes ready to send, with what they carry."""
+
+    data: bytes
+    samples: int = 0
+    audible: bool = False
+
+
+class SpeechPipeline:
+    """The stages of one request; iterate `outputs()` once, always `aclose()`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        job: SpeechJob,
+        config: PipelineConfig,
+        *,
+        cache: PrimerCache,
+        telemetry: Telemetry,
+    ) -> None:
+        self.engine = engine
+        self.job = job
+        self.config = config
+        self.cache = cache
+        self.telemetry = telemetry
+        self._pieces: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
+        self._audio: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
+        self._out: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.first_audio_at: float | None = None  # perf_counter of the first audible chunk
+        self.audio_s = 0.0  # audio produced by stage 2
+        self.compute_s = 0.0  # model time spent on this request
+        self.samples_sent = 0
+        self.chunks = 0
+        self.segments = 0
+        self.sha256 = hashlib.sha256()
+
+    def depths(self) -> dict[str, int]:
+        return {
+            "text": self._pieces.qsize(),
+            "audio": self._audio.qsize(),
+            "out": self._out.qsize(),
+        }
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._stage_text(), name="kokoro-stage-text"),
+                asyncio.create_task(self._stage_infer(), name="kokoro-stage-infer"),
+                asyncio.create_task(self._stage_encode(), name="kokoro-stage-encode"),
+            ]
+
+    async def outputs(self) -> AsyncIterator[Output]:
+        """Outputs in order until the end; raises the first stage error, or SynthesisTimeout
+        when nothing arrives within the timeout."""
+        self.start()
+        while True:
+            try:
+                item = await asyncio.wait_for(self._out.get(), self.config.timeout_s)
+            except asyncio.TimeoutError:
+                raise SynthesisTimeout(
+                    f"No audio within {self.config.timeout_s:g} s (the server is overloaded or a "
+                    "model call stalled): retry later, or raise --timeout."
+                ) from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        """Cancel every stage and wait for them to stop (safe to call twice)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _fail(self, queue: asyncio.Queue[Any], exc: BaseException) -> None:
+        """Pass a stage's failure downstream. Cancellation by `aclose` just stops the stage;
+        any other cancellation (a worker future cancelled under us, say) is a failure too, or
+        the client would wait for audio that never comes."""
+        if isinstance(exc, asyncio.CancelledError):
+            if self._closing:
+                raise exc
+            exc = RuntimeError("a pipeline stage was cancelled while the request was running")
+        await queue.put(exc)
+
+    # -- stage 1: text -> pieces ---------------------------------------------------------
+
+    async def _stage_text(self) -> None:
+        loop = asyncio.get_running_loop()
+        job, cfg = self.job, self.config
+        executor = self.engine.text_executor
+        try:
+            segments = await loop.run_in_executor(
+                executor,
+                functools.partial(
+                    plan_segments,
+                    job.text,
+                    first_chars=cfg.first_segment_chars,
+                    max_chars=cfg.max_segment_chars,
+                    growth=cfg.growth,
+                ),
+            )
+            g2p = get_g2p(job.lang)
+            for index, segment in enumerate(segments):
+                key = None
+                if index == 0 and self.cache.max_entries > 0:
+                    key = PrimerCache.key(
+                        segment, voice=job.voice, speed=job.speed, lang=job.lang,
+                        model=self.engine.model_id,
+                    )  # fmt: skip
+                    hit = self.cache.get(key)
+                    if hit is not None:
+                        await self._pieces.put(_Piece(index, segment, None, cached=hit))
+                        continue
+                phonemes = await loop.run_in_executor(executor, g2p.phonemize, segment)
+                token_lists = [tokenize(part) for part in split_phonemes(phonemes, MAX_PHONEMES)]
+                pieces = [t for t in token_lists if any(i not in _silent_ids() for i in t)]
+                for tokens in pieces:
+                    # Only a first segment made in one model call goes into the cache.
+                    cache_key = key if len(pieces) == 1 else None
+                    await self._pieces.put(_Piece(index, segment, tokens, cache_key=cache_key))
+            await self._pieces.put(_END)
+        except BaseException as exc:  # handed downstream, raised to the client by outputs()
+            await self._fail(self._pieces, exc)
+
+    # -- stage 2: pieces -> audio --------------------------------------------------------
+
+    async def _stage_infer(self) -> None:
+        job, cfg = self.job, self.config
+        pool = self.engine.pool
+        executor = self.engine.infer_executor
+        if executor is None:
+            raise RuntimeError("the engine is not started: call engine.start() first")
+        try:
+            while True:
+                piece = await self._pieces.get()
+                if piece is _END or isinstance(piece, BaseException):
+                    await self._audio.put(piece)
+                    return
+                if piece.cached is not None:
+                    samples, cached = piece.cached, True
+                else:
+                    tokens = piece.tokens
+                    style = style_for(job.pack, len(tokens))
+                    # Due when the audio produced so far would finish playing.
+                    deadline = (self.first_audio_at or job.arrived) + self.audio_s
+                    queued = time.perf_counter()
+                    timing: dict[str, float] = {}
+                    raw = await pool.run(
+                        functools.partial(_infer, tokens=tokens, style=style, speed=job.speed,
+                                          timing=timing),
+                        executor=executor,
+                        deadline=deadline,
+                        timeout=cfg.timeout_s,
+                    )  # fmt: skip
+                    samples, nonfinite = guard_audio(raw, SAMPLE_RATE)
+                    infer_s = timing.get("infer_s", 0.0)
+                    self.compute_s += infer_s
+                    wait_ms = max(0.0, (timing.get("start", queued) - queued) * 1e3)
+                    self.telemetry.segment(
+                        infer_ms=infer_s * 1e3, wait_ms=wait_ms, nonfinite=nonfinite
+                    )
+                    if piece.cache_key is not None:
+                        self.cache.put(piece.cache_key, samples)
+                    cached = False
+                self.audio_s += len(samples) / SAMPLE_RATE
+                self.segments += 1
+                if self.first_audio_at is None:
+                    self.first_audio_at = time.perf_counter()
+                await self._audio.put(_Audio(piece.index, piece.text, samples, cached))
+        except BaseException as exc:
+            await self._fail(self._audio, exc)
+
+    # -- stage 3: audio -> bytes ---------------------------------------------------------
+
+    async def _stage_encode(self) -> None:
+        loop = asyncio.get_running_loop()
+        job = self.job
+        try:
+            framer = _make_framer(job, self)
+            head = framer.header()
+            primer_n = int(SAMPLE_RATE * self.config.primer_ms / 1000)
+            if primer_n:
+                head += framer.chunk(np.zeros(primer_n, np.float32))
+            if head:
+                await self._out.put(Output(head, samples=primer_n))
+            compressed = job.response_format not in ("wav", "pcm")
+            while True:
+                item = await self._audio.get()
+                if item is _END:
+                    tail = await loop.run_in_executor(self.engine.encode_executor, framer.finish)
+                    if tail:
+                        await self._out.put(Output(tail))
+                    await self._out.put(_END)
+                    return
+                if isinstance(item, BaseException):
+                    await self._out.put(item)
+                    return
+                samples = item.samples
+                if compressed:
+                    data = await loop.run_in_executor(
+                        self.engine.encode_executor, framer.chunk, samples
+                    )
+                else:
+                    data = framer.chunk(samples)
+                audible = bool(np.any(np.abs(samples) > AUDIBLE))
+                await self._out.put(Output(data, samples=len(samples), audible=audible))
+        except BaseException as exc:
+            await self._fail(self._out, exc)
+
+
+def _infer(
+    synth: Synthesizer,
+    *,
+    tokens: list[int],
+    style: np.ndarray,
+    speed: float,
+    timing: dict[str, float],
+) -> np.ndarray:
+    start = time.perf_counter()
+    timing["start"] = start
+    audio = synth.infer(tokens, style, speed)
+    timing["infer_s"] = time.perf_counter() - start
+    return audio
+
+
+class _AudioFramer:
+    """Raw audio bytes of the response format."""
+
+    def __init__(self, job: SpeechJob, pipeline: SpeechPipeline) -> None:
+        self.encoder = make_encoder(job.response_format, SAMPLE_RATE, streaming=True)
+        self.pipeline = pipeline
+
+    def header(self) -> bytes:
+        return self.encoder.header()
+
+    def chunk(self, samples: np.ndarray) -> bytes:
+        p = self.pipeline
+        p.chunks += 1
+        p.samples_sent += len(samples)
+        return self.encoder.encode(samples)
+
+    def finish(self) -> bytes:
+        return self.encoder.finish()
+
+
+class _RecordFramer:
+    """Sequence-tagged records: ndjson lines or OpenAI-style server-sent events."""
+
+    def __init__(self, job: SpeechJob, pipeline: SpeechPipeline) -> None:
+        self.sse = job.stream_format == "sse"
+        self.pipeline = pipeline
+
+    def header(self) -> bytes:
+        return b""
+
+    def chunk(self, samples: np.ndarray) -> bytes:
+        p = self.pipeline
+        pcm = to_pcm16(samples).tobytes()
+        p.sha256.update(pcm)
+        record = {
+            "type": "speech.audio.delta" if self.sse else "chunk",
+            "seq": p.chunks,
+            "sample_offset": p.samples_sent,
+            "num_samples": len(samples),
+            "sample_rate": SAMPLE_RATE,
+            "audio" if self.sse else "samples": base64.b64encode(pcm).decode("ascii"),
+        }
+        p.chunks += 1
+        p.samples_sent += len(samples)
+        return self._frame(record)
+
+    def finish(self) -> bytes:
+        p = self.pipeline
+        record: dict[str, Any] = {
+            "type": "speech.audio.done" if self.sse else "done",
+            "chunks": p.chunks,
+            "total_samples": p.samples_sent,
+            "sample_rate": SAMPLE_RATE,
+            "duration_s": round(p.samples_sent / SAMPLE_RATE, 4),
+            "encoding": "pcm_s16le",
+            "sha256": p.sha256.hexdigest(),
+        }
+        if self.sse:
+            record["usage"] = {"input_tokens": len(p.job.text), "output_tokens": 0,
+                               "total_tokens": len(p.job.text)}  # fmt: skip
+        return self._frame(record)
+
+    def _frame(self, record: dict[str, Any]) -> bytes:
+        text = json.dumps(record, separators=(",", ":"))
+        return f"data: {text}\n\n".encode() if self.sse else f"{text}\n".encode()
+
+
+def error_record(body: dict[str, Any], *, sse: bool) -> bytes:
+    """The last record of a record stream that failed mid-way."""
+    record = {"type": "error", **body}
+    text = json.dumps(record, separators=(",", ":"))
+    return f"data: {text}\n\n".encode() if sse else f"{text}\n".encode()
+
+
+class _WholeFileFramer:
+    """Collects the audio and encodes one complete file at the end (exact WAV sizes)."""
+
+    def __init__(self, job: SpeechJob, pipeline: SpeechPipeline) -> None:
+        self.job = job
+        self.pipeline = pipeline
+        self.parts: list[np.ndarray] = []
+
+    def header(self) -> bytes:
+        return b""
+
+    def chunk(self, samples: np.ndarray) -> bytes:
+        self.parts.append(samples)
+        self.pipeline.chunks += 1
+        self.pipeline.samples_sent += len(samples)
+        return b""
+
+    def finish(self) -> bytes:
+        audio = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+        if self.job.response_format == "wav":
+            return wav_bytes(audio, SAMPLE_RATE)
+        encoder = make_encoder(self.job.response_format, SAMPLE_RATE, streaming=False)
+        encoder.encode(audio)
+        return encoder.finish()
+
+
+def _make_framer(
+    job: SpeechJob, pipeline: SpeechPipeline
+) -> _AudioFramer | _RecordFramer | _WholeFileFramer:
+    if not job.stream:
+        return _WholeFileFramer(job, pipeline)
+    if job.stream_format in ("ndjson", "sse"):
+        return _RecordFramer(job, pipeline)
+    return _AudioFramer(job, pipeline)
