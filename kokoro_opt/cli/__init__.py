@@ -13,6 +13,7 @@ import typer
 
 from kokoro_opt.cli import coreml as coreml_cli
 from kokoro_opt.cli import model as model_cli
+from kokoro_opt.cli import serve as serve_cli
 from kokoro_opt.cli import speak as speak_cli
 from kokoro_opt.cli.console import err_console
 from kokoro_opt.errors import KokoroOptError
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(model_cli.app, name="model")
 app.add_typer(coreml_cli.app, name="coreml")
 speak_cli.register(app)
+serve_cli.register(app)
 
 
 def main() -> None:
