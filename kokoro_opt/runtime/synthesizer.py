@@ -99,11 +99,12 @@ class Synthesizer:
         max_chars: int = MAX_TEXT_CHARS,
         segment_policy: SegmentPolicy | None = None,
         trim: bool = True,
+        allow_spinning: bool = False,
     ) -> None:
         self.model_path = Path(model)
         self.voices = VoiceLibrary.from_spec(voices)
         self.session: ort.InferenceSession = create_session(
-            self.model_path, provider=provider, threads=threads
+            self.model_path, provider=provider, threads=threads, allow_spinning=allow_spinning
         )
         self.contract = ModelContract.from_session(self.session)
         self.providers: list[str] = list(self.session.get_providers())

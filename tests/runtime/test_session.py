@@ -64,6 +64,9 @@ def test_session_options() -> None:
     assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert session_options(None).intra_op_num_threads == 0  # ORT's default
+    spin = "session.intra_op.allow_spinning"
+    assert opts.get_session_config_entry(spin) == "0"
+    assert session_options(2, allow_spinning=True).get_session_config_entry(spin) == "1"
     for bad in (0, -3):
         with pytest.raises(UserInputError, match="threads"):
             session_options(bad)
