@@ -53,3 +53,15 @@ class ASRUnavailableError(KokoroOptError):
 
 class OfflineError(KokoroOptError):
     """Something needs the network and the network is not there."""
+
+
+class ReportError(UserInputError):
+    """A report file that cannot be read: missing, not JSON, or not valid against the schema."""
+
+
+class SchemaVersionError(ReportError):
+    """A report written with a schema version this kokoro-opt does not read."""
+
+
+class GateRulesError(UserInputError):
+    """A gate rules file (gates.yaml) that is malformed or names unknown metrics or rule kinds."""
