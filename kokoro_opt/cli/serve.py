@@ -71,7 +71,13 @@ def serve(
     first_segment_chars: Annotated[
         int,
         typer.Option(help="Longest first segment in characters: shorter gives earlier audio."),
-    ] = 24,
+    ] = 12,
+    trim_silence: Annotated[
+        bool,
+        typer.Option(
+            help="Cut the model's long silences where segments meet down to natural pauses."
+        ),
+    ] = True,
     voices: Annotated[
         Path | None,
         typer.Option(
@@ -118,6 +124,7 @@ def serve(
         primer_ms=primer_ms,
         self_bench_interval_s=self_bench_interval,
         first_segment_chars=first_segment_chars,
+        trim_silence=trim_silence,
         default_voice=voice,
         default_lang=normalize_lang(lang),
     )

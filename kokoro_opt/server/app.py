@@ -76,6 +76,7 @@ class ServerState:
             queue_size=s.queue_size,
             timeout_s=s.timeout_s,
             primer_ms=s.primer_ms,
+            trim_silence=s.trim_silence,
         )
 
 
@@ -604,6 +605,7 @@ def _status(state: ServerState) -> dict[str, Any]:
             "formats": list(supported_formats()),
             "stream_formats": list(STREAM_FORMATS),
             "primer_ms": settings.primer_ms,
+            "trim_silence": settings.trim_silence,
             "first_segment_chars": settings.first_segment_chars,
             "max_segment_chars": settings.max_segment_chars,
             "growth": settings.growth,

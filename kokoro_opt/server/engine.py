@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -102,11 +103,9 @@ class Engine:
         by a `close`, and the threads stop at the last `close`."""
         self._users += 1
         if self.infer_executor is None:
-            self.text_executor = ThreadPoolExecutor(2, thread_name_prefix="kokoro-text")
-            self.infer_executor = ThreadPoolExecutor(
-                self.pool.size, thread_name_prefix="kokoro-infer"
-            )
-            self.encode_executor = ThreadPoolExecutor(2, thread_name_prefix="kokoro-encode")
+            self.text_executor = _started_executor(2, "kokoro-text")
+            self.infer_executor = _started_executor(self.pool.size, "kokoro-infer")
+            self.encode_executor = _started_executor(2, "kokoro-encode")
 
     def close(self) -> None:
         """End one `start`; the last one stops the worker threads, waiting for calls in
@@ -141,3 +140,14 @@ class Engine:
             "g2p_s": round(g2p_s, 3),
             "sessions_s": per_session,
         }
+
+
+def _started_executor(workers: int, prefix: str) -> ThreadPoolExecutor:
+    """A thread pool whose `workers` threads all run from the start (ThreadPoolExecutor adds
+    threads lazily; a fixed count makes thread leaks visible and start-up costs paid once)."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
+    barrier = threading.Barrier(workers + 1)
+    for _ in range(workers):
+        executor.submit(barrier.wait, 30)
+    barrier.wait(30)
+    return executor

@@ -37,6 +37,13 @@ from kokoro_opt.server.cache import CacheKey, PrimerCache
 from kokoro_opt.server.encoding import make_encoder, wav_bytes
 from kokoro_opt.server.engine import Engine
 from kokoro_opt.server.errors import SynthesisTimeout
+from kokoro_opt.server.joins import (
+    LEAD_FIRST_S,
+    LEAD_S,
+    TRAIL_SENTENCE_S,
+    pause_after,
+    trim_to_pauses,
+)
 from kokoro_opt.server.segments import plan_segments
 from kokoro_opt.server.telemetry import Telemetry
 
@@ -55,12 +62,13 @@ def _silent_ids() -> frozenset[int]:
 class PipelineConfig:
     """Per-request knobs (from ServerSettings)."""
 
-    first_segment_chars: int = 24
+    first_segment_chars: int = 12
     max_segment_chars: int = 300
     growth: float = 3.0
     queue_size: int = 2
     timeout_s: float = 30.0
     primer_ms: int = 0
+    trim_silence: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ class _Piece:
     tokens: list[int] | None
     cached: np.ndarray | None = None
     cache_key: CacheKey | None = None
+    first: bool = False  # the first piece of the stream
+    last: bool = False  # the last piece of the stream
+    trail_s: float = TRAIL_SENTENCE_S  # silence to keep after it
 
 
 @dataclass
@@ -203,6 +214,7 @@ class SpeechPipeline:
                 ),
             )
             g2p = get_g2p(job.lang)
+            final = len(segments) - 1
             for index, segment in enumerate(segments):
                 key = None
                 if index == 0 and self.cache.max_entries > 0:
@@ -212,15 +224,29 @@ class SpeechPipeline:
                     )  # fmt: skip
                     hit = self.cache.get(key)
                     if hit is not None:
-                        await self._pieces.put(_Piece(index, segment, None, cached=hit))
+                        trail = pause_after(segment, last=index == final)
+                        piece = _Piece(index, segment, None, cached=hit, first=True,
+                                       last=index == final, trail_s=trail)  # fmt: skip
+                        await self._pieces.put(piece)
                         continue
                 phonemes = await loop.run_in_executor(executor, g2p.phonemize, segment)
-                token_lists = [tokenize(part) for part in split_phonemes(phonemes, MAX_PHONEMES)]
-                pieces = [t for t in token_lists if any(i not in _silent_ids() for i in t)]
-                for tokens in pieces:
-                    # Only a first segment made in one model call goes into the cache.
-                    cache_key = key if len(pieces) == 1 else None
-                    await self._pieces.put(_Piece(index, segment, tokens, cache_key=cache_key))
+                parts = [(part, tokenize(part)) for part in split_phonemes(phonemes, MAX_PHONEMES)]
+                parts = [(part, t) for part, t in parts if any(i not in _silent_ids() for i in t)]
+                for j, (part, tokens) in enumerate(parts):
+                    end = j == len(parts) - 1
+                    last = end and index == final
+                    await self._pieces.put(
+                        _Piece(
+                            index,
+                            segment,
+                            tokens,
+                            # Only a first segment made in one model call goes into the cache.
+                            cache_key=key if len(parts) == 1 else None,
+                            first=index == 0 and j == 0,
+                            last=last,
+                            trail_s=pause_after(segment if end else part, last=last),
+                        )
+                    )
             await self._pieces.put(_END)
         except BaseException as exc:  # handed downstream, raised to the client by outputs()
             await self._fail(self._pieces, exc)
@@ -265,6 +291,13 @@ class SpeechPipeline:
                     if piece.cache_key is not None:
                         self.cache.put(piece.cache_key, samples)
                     cached = False
+                if cfg.trim_silence:
+                    samples = trim_to_pauses(
+                        samples,
+                        SAMPLE_RATE,
+                        lead_s=LEAD_FIRST_S if piece.first else LEAD_S,
+                        trail_s=piece.trail_s,
+                    )
                 self.audio_s += len(samples) / SAMPLE_RATE
                 self.segments += 1
                 if self.first_audio_at is None:

@@ -22,6 +22,8 @@ class ServerSettings:
     - `timeout_s`: the longest a request waits for its next audio chunk (waiting for an inference
       session included); past it the request fails with 504 (a stream is cut).
     - `primer_ms`: milliseconds of silence sent right after the WAV header (0: none).
+    - `trim_silence`: cut the model's long silences where segments meet to natural pauses
+      (see `joins.py`); off sends the model's audio untouched.
     - `self_bench_interval_s`: run a small synthesis benchmark this often while idle (0: never).
     - `first_segment_chars`, `max_segment_chars`, `growth`: segmentation (see `segments.py`).
     - `queue_size`: capacity of each queue between pipeline stages (backpressure).
@@ -33,8 +35,9 @@ class ServerSettings:
     max_concurrent: int = 8
     timeout_s: float = 30.0
     primer_ms: int = 0
+    trim_silence: bool = True
     self_bench_interval_s: float = 0.0
-    first_segment_chars: int = 24
+    first_segment_chars: int = 12
     max_segment_chars: int = 300
     growth: float = 3.0
     queue_size: int = 2

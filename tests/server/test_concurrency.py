@@ -173,8 +173,15 @@ def _wait_idle(url: str, timeout_s: float = 15.0) -> dict:
 
 def test_disconnects_cancel_pending_work_without_leaking_threads(engine: Engine) -> None:
     baseline = threading.active_count()
-    full_segments = len(plan_segments(LONG, first_chars=24, max_chars=300, growth=3.0))
     settings = ServerSettings(max_concurrent=16, warmup=False)
+    full_segments = len(
+        plan_segments(
+            LONG,
+            first_chars=settings.first_segment_chars,
+            max_chars=settings.max_segment_chars,
+            growth=settings.growth,
+        )
+    )
     with running_server(engine, settings) as url:
         # Grow every worker pool to its size first, so later counts compare like with like.
         assert _run_clients(url, [LONG[:400]] * 6, [False] * 6) == ["complete"] * 6
@@ -191,7 +198,7 @@ def test_disconnects_cancel_pending_work_without_leaking_threads(engine: Engine)
         # The disconnected requests stopped early: far fewer segments than 8 full requests.
         done = after["segments"] - before["segments"]
         assert done < 8 * full_segments - 4 * (full_segments // 2), (done, full_segments)
-        assert threading.active_count() <= grown
+        assert threading.active_count() <= grown, [t.name for t in threading.enumerate()]
     # Server stopped: its worker threads are gone too.
     deadline = time.monotonic() + 10
     while threading.active_count() > baseline and time.monotonic() < deadline:

@@ -195,3 +195,33 @@ def test_reassemble_rejects_damaged_streams() -> None:
         reassemble([lines[0], error])
     with pytest.raises(StreamIntegrityError, match="not JSON"):
         reassemble(["RIFF...."])
+
+
+# -- joins -----------------------------------------------------------------------------------
+
+
+def test_pause_after_follows_the_text() -> None:
+    from kokoro_opt.server.joins import pause_after
+
+    assert pause_after("The birch canoe slid.", last=False) == 0.25
+    assert pause_after('He said "stop!"', last=False) == 0.25
+    assert pause_after("Well,", last=False) == 0.15
+    assert pause_after("The birch", last=False) == 0.06
+    assert pause_after("The birch", last=True) == 0.25
+
+
+def test_trim_to_pauses_keeps_the_speech_and_natural_pauses() -> None:
+    from kokoro_opt.server.joins import trim_to_pauses
+
+    rate = 24000
+    speech = (0.3 * np.sin(2 * np.pi * 200 * np.arange(rate) / rate)).astype(np.float32)
+    audio = np.concatenate([np.zeros(int(0.42 * rate)), speech, np.zeros(int(0.5 * rate))])
+    out = trim_to_pauses(audio.astype(np.float32), rate, lead_s=0.05, trail_s=0.25)
+    assert abs(len(out) / rate - 1.30) < 0.02  # 50 ms + 1 s of speech + 250 ms
+    assert np.abs(out[:1000]).max() == 0 and np.abs(out[-5000:]).max() == 0
+    loud = np.nonzero(np.abs(out) > 0.01)[0]
+    assert abs((loud[-1] - loud[0]) / rate - 1.0) < 0.01  # no speech was cut
+    silent = np.zeros(rate, np.float32)
+    assert len(trim_to_pauses(silent, rate, lead_s=0.05, trail_s=0.25)) == rate
+    short = audio[: int(0.45 * rate)].astype(np.float32)  # less silence than asked: unchanged
+    assert len(trim_to_pauses(short, rate, lead_s=0.5, trail_s=0.5)) == len(short)
