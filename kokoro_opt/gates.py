@@ -130,7 +130,7 @@ class Rule(BaseModel):
 
     def describe(self) -> str:
         """'max_increase 0.01 vs baseline', 'max 0.15' ..."""
-        text = f"{self.kind} {_fmt(self.threshold)}"
+        text = f"{self.kind} {format_value(self.threshold)}"
         return text + (f" vs {self.compared_with}" if self.compared_with else "")
 
 
@@ -156,6 +156,28 @@ class GateRules(BaseModel):
     @property
     def needs_baseline(self) -> bool:
         return any(r.compared_with == "baseline" for r in self.rules)
+
+
+def shipped_rules() -> dict[str, Path]:
+    """Rules files shipped with kokoro-opt (package data), by name: default, regression ..."""
+    from importlib.resources import files
+
+    folder = Path(str(files("kokoro_opt") / "data" / "gates"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_rules(name_or_path: str | Path) -> Path:
+    """A rules file path: an existing file, or the name of a shipped rules file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_rules()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise GateRulesError(
+        f"Gate rules '{name_or_path}' is neither a file nor a shipped rules name; give a YAML "
+        f"file or one of: {', '.join(shipped) or 'none'}."
+    )
 
 
 def load_rules(path: str | Path) -> GateRules:
@@ -315,7 +337,7 @@ def _check(rule: Rule, rules: GateRules, report: Report, baseline: Report | None
     tol = 1e-9 * max(1.0, abs(limit))
     passed = observed <= limit + tol if bound == "max" else observed >= limit - tol
     op = ("<=" if passed else ">") if bound == "max" else (">=" if passed else "<")
-    message = f"{model} {rule.metric} = {_fmt(observed)} {op} {_fmt(limit)}"
+    message = f"{model} {rule.metric} = {format_value(observed)} {op} {format_value(limit)}"
     if derivation:
         message += f" ({derivation})"
     return RuleOutcome(
@@ -340,14 +362,14 @@ def _limit(rule: Rule, compared: float | None) -> tuple[float, Bound, str]:
         return v, kind, ""  # type: ignore[return-value]
     if compared is None:
         raise GateRulesError(f"Rule '{rule.metric} {rule.describe()}' has nothing to compare with.")
-    what = f"{rule.compared_with} {_fmt(compared)}"
+    what = f"{rule.compared_with} {format_value(compared)}"
     table: dict[str, tuple[float, Bound, str]] = {
-        "max_increase": (compared + v, "max", f"{what} + {_fmt(v)}"),
-        "max_decrease": (compared - v, "min", f"{what} - {_fmt(v)}"),
-        "max_increase_pct": (compared * (1 + v / 100), "max", f"{what} + {_fmt(v)} %"),
-        "max_decrease_pct": (compared * (1 - v / 100), "min", f"{what} - {_fmt(v)} %"),
-        "min_ratio": (compared * v, "min", f"{what} x {_fmt(v)}"),
-        "max_ratio": (compared * v, "max", f"{what} x {_fmt(v)}"),
+        "max_increase": (compared + v, "max", f"{what} + {format_value(v)}"),
+        "max_decrease": (compared - v, "min", f"{what} - {format_value(v)}"),
+        "max_increase_pct": (compared * (1 + v / 100), "max", f"{what} + {format_value(v)} %"),
+        "max_decrease_pct": (compared * (1 - v / 100), "min", f"{what} - {format_value(v)} %"),
+        "min_ratio": (compared * v, "min", f"{what} x {format_value(v)}"),
+        "max_ratio": (compared * v, "max", f"{what} x {format_value(v)}"),
     }
     return table[kind]
 
@@ -436,7 +458,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _fmt(value: float) -> str:
+def format_value(value: float) -> str:
     if abs(value) >= 1e5 and float(value).is_integer():
         return f"{value:,.0f}"
     return f"{value:.4g}"

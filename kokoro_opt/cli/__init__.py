@@ -12,7 +12,9 @@ import sys
 import typer
 
 from kokoro_opt.cli import coreml as coreml_cli
+from kokoro_opt.cli import gate as gate_cli
 from kokoro_opt.cli import model as model_cli
+from kokoro_opt.cli import report as report_cli
 from kokoro_opt.cli import serve as serve_cli
 from kokoro_opt.cli import speak as speak_cli
 from kokoro_opt.cli.console import err_console
@@ -29,6 +31,8 @@ app.add_typer(model_cli.app, name="model")
 app.add_typer(coreml_cli.app, name="coreml")
 speak_cli.register(app)
 serve_cli.register(app)
+gate_cli.register(app)
+report_cli.register(app)
 
 
 def main() -> None:

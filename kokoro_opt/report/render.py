@@ -42,18 +42,18 @@ class Plot:
 # --------------------------------------------------------------------------- public API
 
 
-def write_report_dir(report: Report, run_dir: str | Path) -> dict[str, Path]:
+def write_report_dir(
+    report: Report, run_dir: str | Path, *, include_json: bool = True
+) -> dict[str, Path]:
     """Write report.json, report.md and report.html into `run_dir`, each atomically.
 
     Everything is rendered before the first file is written, so a rendering error leaves the
-    folder as it was.
+    folder as it was. `include_json=False` re-renders md/html and leaves report.json alone.
     """
     run_dir = Path(run_dir)
-    texts = {
-        REPORT_FILE: report_json(report),
-        MARKDOWN_FILE: render_markdown(report),
-        HTML_FILE: render_html(report),
-    }
+    texts = {REPORT_FILE: report_json(report)} if include_json else {}
+    texts[MARKDOWN_FILE] = render_markdown(report)
+    texts[HTML_FILE] = render_html(report)
     return {name: write_text_atomic(run_dir / name, text) for name, text in texts.items()}
 
 
