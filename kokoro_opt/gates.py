@@ -228,7 +228,9 @@ def parse_rules(text: str, *, source: str = "gates.yaml") -> GateRules:
     try:
         return GateRules.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # report the problem that comes first in the file
+        err = min(errors, key=lambda e: _line_of(root, tuple(e["loc"])) or 0)
         loc = tuple(err["loc"])
         line = _line_of(root, loc)
         where = f"{source}:{line}" if line else source
@@ -245,7 +247,7 @@ def parse_rules(text: str, *, source: str = "gates.yaml") -> GateRules:
                     f" (YAML read {err['input']!r} as text: write numbers with a dot, e.g. "
                     "0.01 or 1.0e-2)"
                 )
-        more = len(exc.errors()) - 1
+        more = len(errors) - 1
         tail = f" (and {more} more problems)" if more > 0 else ""
         text = f"{where}: {key}: {msg}{tail}" if key else f"{where}: {msg}{tail}"
         raise GateRulesError(text) from None
