@@ -247,3 +247,37 @@ def finalize(graph: onnx.GraphProto) -> dict[str, int]:
 def model_size_bytes(model: onnx.ModelProto) -> int:
     """Serialized size (what `onnx.save` writes for a model under 2 GB)."""
     return model.ByteSize()
+
+
+Shape = list[int | str | None]
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Shapes ONNX shape inference can tell (ints, symbolic names, or None per dimension).
+
+    Inference stops at ops it has no schema for (com.microsoft kernels), so tensors behind them
+    may be missing: callers treat a missing entry as "unknown" and skip what needs it.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # a malformed or exotic graph: only what the model itself declares
+        inferred = model
+    shapes: dict[str, Shape] = {}
+    infos = list(inferred.graph.value_info) + list(inferred.graph.input)
+    infos += list(inferred.graph.output)
+    for vi in infos:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims: Shape = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shapes[vi.name] = dims
+    for t in model.graph.initializer:
+        shapes[t.name] = [int(d) for d in t.dims]
+    return shapes
