@@ -214,3 +214,25 @@ def test_help_lists_gate_and_report(capsys: pytest.CaptureFixture) -> None:
     out = " ".join(result.stdout.split())
     assert "gate Check REPORT against RULES" in out
     assert "report Re-render report.md and report.html" in out
+
+
+def test_docs_workflow_gate_step_uses_real_options(capsys: pytest.CaptureFixture) -> None:
+    import shlex
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    workflow = yaml.safe_load((root / "docs" / "github-actions-example.yml").read_text())
+    steps = workflow["jobs"]["gate"]["steps"]
+    gate_runs = [s["run"] for s in steps if "kokoro-opt gate" in s.get("run", "")]
+    assert len(gate_runs) == 1
+    args = shlex.split(gate_runs[0])
+    assert args[:2] == ["kokoro-opt", "gate"]
+    help_text = run_cli(["gate", "--help"], capsys).stdout
+    for option in (a for a in args if a.startswith("--")):
+        assert option in help_text, option
+    rules = args[args.index("--rules") + 1]
+    from kokoro_opt.gates import resolve_rules
+
+    assert resolve_rules(rules).is_file()
+    assert any(s.get("if") == "always()" and "upload-artifact" in s.get("uses", "") for s in steps)
