@@ -45,6 +45,8 @@ from kokoro_opt.server.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
+# A client that accepts no bytes for this long (or --timeout, if longer) is dropped.
+MIN_SEND_TIMEOUT_S = 30.0
 SELF_BENCH_TEXT = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
 )
@@ -204,7 +206,12 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             else CONTENT_TYPES[job.response_format]
         )
         headers = {"Cache-Control": "no-store", "X-Sample-Rate": str(SAMPLE_RATE)}
-        return _PipelineResponse(run, media_type=media_type, headers=headers)
+        if job.stream_format == "sse":
+            headers["X-Accel-Buffering"] = "no"  # proxies must not hold events back
+        send_timeout = max(settings.timeout_s, MIN_SEND_TIMEOUT_S)
+        return _PipelineResponse(
+            run, media_type=media_type, headers=headers, send_timeout_s=send_timeout
+        )
 
     return app
 
@@ -326,15 +333,25 @@ class _StreamAborted(Exception):
 class _PipelineResponse(StreamingResponse):
     """A streaming response that always ends its run: after the last byte, after an error, and
     when the client disconnects (Starlette cancels the body; cleanup runs here, outside the
-    cancelled scope)."""
+    cancelled scope). A client that takes no data for `send_timeout_s` (it stopped reading but
+    keeps the connection open) is dropped, so it cannot hold a request slot for ever."""
 
-    def __init__(self, run: _Run, *, media_type: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, run: _Run, *, media_type: str, headers: dict[str, str], send_timeout_s: float
+    ) -> None:
         super().__init__(run.chunks(), media_type=media_type, headers=headers)
         self.run = run
+        self.send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed_send(message: Any) -> None:
+            with anyio.fail_after(self.send_timeout_s):
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed_send)
+        except TimeoutError:
+            logger.warning("dropped a client that took no data for %.0f s", self.send_timeout_s)
         except _StreamAborted:
             # Returning without the final empty body makes uvicorn close the connection, so the
             # client sees a truncated transfer instead of a short but "complete" file.

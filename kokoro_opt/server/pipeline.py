@@ -165,13 +165,20 @@ class SpeechPipeline:
         when nothing arrives within the timeout."""
         self.start()
         while True:
+            # asyncio.wait, not wait_for: before Python 3.12 wait_for can swallow a cancellation
+            # that arrives together with an item.
+            getter = asyncio.ensure_future(self._out.get())
             try:
-                item = await asyncio.wait_for(self._out.get(), self.config.timeout_s)
-            except asyncio.TimeoutError:
+                done, _ = await asyncio.wait({getter}, timeout=self.config.timeout_s)
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if not done:
                 raise SynthesisTimeout(
                     f"No audio within {self.config.timeout_s:g} s (the server is overloaded or a "
                     "model call stalled): retry later, or raise --timeout."
-                ) from None
+                )
+            item = getter.result()
             if item is _END:
                 return
             if isinstance(item, BaseException):

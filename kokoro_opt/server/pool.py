@@ -48,6 +48,10 @@ class Member:
     started: float = field(default=0.0, repr=False)
 
 
+class _Expired(Exception):
+    """A waiter's timeout ran out."""
+
+
 class SessionPool:
     """Earliest-deadline-first pool of inference sessions (see the module docstring)."""
 
@@ -86,11 +90,18 @@ class SessionPool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Member] = loop.create_future()
         heapq.heappush(self._waiters, (deadline, next(self._order), fut))
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(_Expired())
+
+        # Not asyncio.wait_for: before Python 3.12 it can return a result and lose a
+        # cancellation that arrives at the same moment, and a cancelled request would then run on.
+        timer = loop.call_later(timeout, expire)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+            return await fut
+        except _Expired:
             self.timeouts += 1
-            self._abandon(fut)
             raise PoolBusy(
                 f"No inference session became free within {timeout:g} s "
                 f"({self.size} session(s), {self.waiting} request(s) waiting): retry later or "
@@ -100,6 +111,8 @@ class SessionPool:
         except BaseException:
             self._abandon(fut)
             raise
+        finally:
+            timer.cancel()
 
     def release(self, member: Member) -> None:
         """Give `member` to the earliest-deadline waiter, or back to the idle list."""

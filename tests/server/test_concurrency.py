@@ -78,6 +78,24 @@ def test_pool_acquire_times_out_and_cancelled_waiters_do_not_leak(
     asyncio.run(scenario())
 
 
+def test_pool_cancellation_arriving_with_a_session_is_not_lost(synths: list[Synthesizer]) -> None:
+    """A request cancelled in the same instant a session is handed to it must stop, and the
+    session must go back to the pool (asyncio.wait_for before 3.12 would lose the cancel)."""
+
+    async def scenario() -> None:
+        pool = SessionPool(synths[:1])
+        held = await pool.acquire(deadline=0.0, timeout=1)
+        waiter = asyncio.create_task(pool.acquire(deadline=1.0, timeout=5))
+        await asyncio.sleep(0.01)
+        pool.release(held)  # the waiter's future now holds the session ...
+        waiter.cancel()  # ... and the cancellation arrives before the waiter runs again
+        (outcome,) = await asyncio.gather(waiter, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError)
+        assert pool.idle == 1 and pool.waiting == 0
+
+    asyncio.run(scenario())
+
+
 def test_pool_run_releases_after_the_call_even_if_the_caller_left(
     synths: list[Synthesizer],
 ) -> None:
