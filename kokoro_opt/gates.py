@@ -144,13 +144,15 @@ class GateRules(BaseModel):
         default=None, description="The report's model entry the rules apply to; default: last."
     )
     reference: str | None = Field(
-        default=None, description="The reference model (speedup, against: reference); default: "
+        default=None,
+        description="The reference model (speedup, against: reference); default: "
         "the report's first model.",
-    )  # fmt: skip
+    )
     baseline_model: str | None = Field(
-        default=None, description="The baseline's model entry to compare with; default: the "
+        default=None,
+        description="The baseline's model entry to compare with; default: the "
         "same name as `model`.",
-    )  # fmt: skip
+    )
     rules: list[Rule] = Field(min_length=1)
 
     @property

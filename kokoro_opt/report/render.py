@@ -440,9 +440,16 @@ def _fig_utterances(report: Report) -> Figure | str:
         lo = [m_ - min(r.latency_ms) for m_, r in zip(med, rows, strict=True)]
         hi = [max(r.latency_ms) - m_ for m_, r in zip(med, rows, strict=True)]
         ax.errorbar(
-            xs, med, yerr=[lo, hi], marker="o", ms=4, capsize=2, lw=1, color=_colour(i),
+            xs,
+            med,
+            yerr=[lo, hi],
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=1,
+            color=_colour(i),
             label=m.name,
-        )  # fmt: skip
+        )
     ax.set_xlabel("audio duration (s)" if use_audio else "utterance (report order)")
     ax.set_ylabel("latency ms (median; bars: min-max over runs)")
     ax.set_title("Latency per utterance", fontsize=9)
@@ -464,9 +471,12 @@ def _fig_tradeoff(report: Report) -> Figure | str:
         size = 160 if s.name == t.chosen else 50
         ax.scatter([s.fidelity], [s.speed], s=size, color=colour, edgecolors="black", zorder=2)
         ax.annotate(
-            f"{n + 1}. {s.name}", (s.fidelity, s.speed), textcoords="offset points",
-            xytext=(6, 4), fontsize=7,
-        )  # fmt: skip
+            f"{n + 1}. {s.name}",
+            (s.fidelity, s.speed),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=7,
+        )
     ax.set_xlabel(t.fidelity_label + " (lower is closer)")
     ax.set_ylabel(t.speed_label + " (higher is faster)")
     title = t.title + (f"; chosen: {t.chosen}" if t.chosen else "")

@@ -15,11 +15,13 @@ Rules every writer follows (reports/README.md explains them to readers):
 - Latency and RTF statistics pool every measured (run, text) pair; `speedup` is the geometric
   mean over texts of (reference median latency / model median latency), runs interleaved.
 
-Unknown keys are rejected everywhere, so a typo in a writer fails at once instead of silently
-dropping a number. A report with another `schema_version` is refused by `load_report` with a
-`SchemaVersionError` that names both versions. Bump `SCHEMA_VERSION` on any change that an old
-reader could misread (renamed or removed field, changed unit or meaning); adding an optional
-field is also a bump, because old readers reject unknown keys.
+Values are checked strictly: numbers must be numbers (not strings), counts must be Python ints
+(write `int(n)` for a numpy integer; numpy floats are accepted and stored as floats), NaN and
+infinity are refused. Unknown keys are rejected everywhere, so a typo in a writer fails at once
+instead of silently dropping a number. A report with another `schema_version` is refused by
+`load_report` with a `SchemaVersionError` that names both versions. Bump `SCHEMA_VERSION` on any
+change that an old reader could misread (renamed or removed field, changed unit or meaning);
+adding an optional field is also a bump, because old readers reject unknown keys.
 """
 
 from __future__ import annotations

@@ -271,3 +271,33 @@ def test_merge_eval_and_bench_reports() -> None:
     changed = quality_only.model_copy(update={"models": [quality_only.models[0], other]})
     with pytest.raises(ReportError, match="model 'kokoro-int8' has sha256"):
         merge_reports(speed_only, changed)
+
+
+def test_bench_harness_summary_fits_speed_metrics() -> None:
+    """The bench harness's aggregate dicts map 1:1 onto SpeedMetrics / ConcurrencyStats."""
+    from kokoro_opt.bench.harness import BenchModel, ModelBench, Utterance
+    from kokoro_opt.report.schema import ConcurrencyStats, SpeedMetrics
+
+    utts = [
+        Utterance(0, "One.", audio_s=1.2, latency_ms=[210.0, 190.0, 200.0], ttfa_ms=[90.0] * 3,
+                  cpu_s=[0.35, 0.33, 0.34]),
+        Utterance(1, "Two words.", audio_s=2.5, latency_ms=[400.0, 420.0, 380.0],
+                  ttfa_ms=[95.0, 99.0, 97.0], cpu_s=[0.7, 0.72, 0.69]),
+    ]  # fmt: skip
+    bench = ModelBench(BenchModel("m", Path("m.onnx")), load_s=0.8, utterances=utts)
+    bench.peak_rss_mb = 812.5
+    bench.concurrency = {
+        "streams": 2,
+        "wall_s": 3.0,
+        "throughput_audio_s_per_s": 2.4,
+        "rtf_max": 0.9,
+        "rtf_median": 0.85,
+        "errors": [],
+    }
+    speed = SpeedMetrics(
+        **bench.summary(), runs=3, warmup=1, concurrency=ConcurrencyStats(**bench.concurrency)
+    )
+    assert speed.latency_ms.median == 295.0  # (210 + 380) / 2
+    assert speed.rtf.median <= speed.rtf.p90
+    assert speed.ttfa_ms.p95 >= speed.ttfa_ms.p50 == 93.5
+    assert speed.audio_s == pytest.approx(3.7)
