@@ -13,6 +13,7 @@ import typer
 
 from kokoro_opt.cli import coreml as coreml_cli
 from kokoro_opt.cli import gate as gate_cli
+from kokoro_opt.cli import int4 as int4_cli
 from kokoro_opt.cli import model as model_cli
 from kokoro_opt.cli import report as report_cli
 from kokoro_opt.cli import serve as serve_cli
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(model_cli.app, name="model")
 app.add_typer(coreml_cli.app, name="coreml")
 speak_cli.register(app)
+int4_cli.register(app)
 serve_cli.register(app)
 gate_cli.register(app)
 report_cli.register(app)

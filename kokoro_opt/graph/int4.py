@@ -150,6 +150,7 @@ def gptq_blocks(
     the RTN result; this implementation is the paper's update.
     """
     k, n = weight.shape
+    columns = block_size * max(1, -(-columns // block_size))
     w = weight.astype(np.float64).copy()
     h = hessian.astype(np.float64).copy()
     dead = np.diag(h) == 0
@@ -174,8 +175,8 @@ def gptq_blocks(
         for i in range(i2 - i1):
             row = i1 + i
             if row % block_size == 0:
-                block = np.concatenate([w1[i:], w[i2:]], axis=0)[:block_size]
-                scale, zero = _rtn_params(block, symmetric)
+                # `columns` is a multiple of `block_size`, so a block never crosses a batch
+                scale, zero = _rtn_params(w1[i : i + block_size], symmetric)
                 scales[row // block_size], zeros[row // block_size] = scale, zero
             lo, hi = (INT4_MIN, INT4_MAX) if symmetric else (0, UINT4_MAX)
             q = np.clip(np.rint(w1[i] / scale) + zero, lo, hi)

@@ -104,13 +104,13 @@ class Config(PassConfig):
     exclude: list[str] = Field(default_factory=list)
     # GPTQ only
     calib: str = "train"
-    samples: int = Field(default=16, ge=1, le=1000)
+    samples: int = Field(default=32, ge=1, le=1000)
     voices: list[str] = Field(default_factory=lambda: ["jf_alpha", "jf_gongitsune", "jm_kumo"])
     speeds: list[float] = Field(default_factory=lambda: [0.9, 1.0, 1.1])
     lang: str = "en-us"
     seed: int = 0
     damp: float = Field(default=0.01, gt=0.0, le=1.0)
-    max_positions: int = Field(default=4096, ge=64)
+    max_positions: int = Field(default=1024, ge=64)
 
     @field_validator("block_size", mode="before")
     @classmethod
@@ -179,8 +179,26 @@ class Target:
     shape: tuple[int, ...] = ()
 
 
-def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
-    """Quantize the weights of `model` to 4 bits as configured; the input is not changed."""
+@dataclass
+class Calibration:
+    """GPTQ's Hessians per weight (and LSTM direction) and a description of the data."""
+
+    hessians: dict[str, Any]
+    info: dict[str, Any]
+
+
+def run(
+    model: onnx.ModelProto,
+    config: Config,
+    ctx: PassContext,
+    *,
+    calibration: Calibration | None = None,
+) -> PassResult:
+    """Quantize the weights of `model` to 4 bits as configured; the input is not changed.
+
+    For `algo=gptq`, `calibration` (from `calibrate` on the same model) skips the calibration
+    runs, so several block sizes can share one; weights it does not cover fall back to RTN and
+    are listed in `details["gptq_rtn_fallback"]`."""
     start = time.perf_counter()
     timings: dict[str, float] = {}
     check_float_model(model)
@@ -195,11 +213,18 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     bytes_before = _weight_bytes(out)
 
     hessians: dict[str, Any] = {}
-    calibration: dict[str, Any] | None = None
+    calib_info: dict[str, Any] | None = None
     if config.algo is Algo.gptq:
         t0 = time.perf_counter()
-        feeds, calibration = calibration_feeds(model, config, ctx)
-        hessians = collect_hessians(model, plan["targets"], feeds, config, ctx)
+        if calibration is None:
+            calibration = calibrate(model, config, ctx, targets=plan["targets"])
+        calib_info = calibration.info
+        hessians = {
+            t.weight: calibration.hessians.get(
+                t.weight, {"fallback": ["no calibration data for this weight"]}
+            )
+            for t in plan["targets"]
+        }
         timings["calibrate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -258,7 +283,7 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
         "weight_bytes_after": bytes_after,
         "opset": _default_opset(out),
         "session_config": FOLD_SESSION_CONFIG if (config.conv or config.lstm) else {},
-        "calibration": calibration,
+        "calibration": calib_info,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "settings": config.model_dump(mode="json"),
     }
@@ -338,6 +363,23 @@ def plan_targets(model: onnx.ModelProto, config: Config) -> dict[str, Any]:
         "kept": dict(sorted(kept.items())),
         "unmatched": [p for p in config.exclude if hits[p] == 0],
     }
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    config: Config,
+    ctx: PassContext,
+    *,
+    targets: Sequence[Target] | None = None,
+) -> Calibration:
+    """Hessians for GPTQ from the calibration corpus: for `targets`, or for every MatMul,
+    Conv, ConvTranspose and LSTM weight the config could select (so one calibration serves
+    runs with and without conv/lstm and at any block size)."""
+    if targets is None:
+        wide = config.model_copy(update={"matmul": True, "conv": True, "lstm": True})
+        targets = plan_targets(model, wide)["targets"]
+    feeds, info = calibration_feeds(model, config, ctx)
+    return Calibration(collect_hessians(model, targets, feeds, config, ctx), info)
 
 
 def calibration_feeds(
@@ -575,7 +617,7 @@ def _hessian_rows(
         rows = x.reshape(-1, x.shape[-1]).T
         yield (target.weight, 0), _subsample(rows, config.max_positions, rng)
     elif target.kind == "conv":
-        patches = _conv_patches(node, x, target.shape, config.block_size)
+        patches = _conv_patches(node, x, target.shape)
         if patches is not None:
             yield (target.weight, 0), _subsample(patches, config.max_positions, rng)
     elif target.kind == "conv_transpose":
@@ -595,11 +637,9 @@ def _hessian_rows(
             yield (target.weight, d), _subsample(prev.T, config.max_positions, rng)
 
 
-def _conv_patches(
-    node: onnx.NodeProto, x: np.ndarray, shape: tuple[int, ...], block_size: int
-) -> np.ndarray | None:
-    """Unfolded inputs of a 1-D Conv: rows (tap, input channel padded to whole blocks),
-    columns output positions. None when the conv is not a plain 1-D, group-1 conv."""
+def _conv_patches(node: onnx.NodeProto, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Unfolded inputs of a 1-D Conv: rows (tap, input channel), columns output positions.
+    None when the conv is not a plain 1-D, group-1 conv."""
     if x.ndim != 3 or len(shape) != 3 or _attr(node, "group", 1) != 1:
         return None
     if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -612,12 +652,11 @@ def _conv_patches(
     t_out = (xp.shape[1] - dilation * (k - 1) - 1) // stride + 1
     if t_out <= 0:
         return None
-    cp = -(-c // block_size) * block_size
-    out = np.zeros((k, cp, t_out), dtype=np.float32)
+    out = np.empty((k, c, t_out), dtype=np.float32)
     for j in range(k):
         start = j * dilation
-        out[j, :c] = xp[:, start : start + stride * (t_out - 1) + 1 : stride]
-    return out.reshape(k * cp, t_out)
+        out[j] = xp[:, start : start + stride * (t_out - 1) + 1 : stride]
+    return out.reshape(k * c, t_out)
 
 
 def _gptq_target(
@@ -633,9 +672,12 @@ def _gptq_target(
         cp = -(-c // bs) * bs
         w2 = np.zeros((k, cp, m), dtype=np.float32)
         w2[:, :c] = weight.transpose(2, 1, 0)
-        quant = gptq_blocks(
-            w2.reshape(k * cp, m), hessian[0], block_size=bs, symmetric=sym, damp=damp
-        )
+        # Rows are (tap, input channel); pad each tap's channels to whole blocks so GPTQ's
+        # blocks of rows are DequantizeLinear's blocks (zero rows are dead and stay zero).
+        rows = (np.arange(k)[:, None] * cp + np.arange(c)[None, :]).reshape(-1)
+        h = np.zeros((k * cp, k * cp), dtype=np.float64)
+        h[np.ix_(rows, rows)] = hessian[0]
+        quant = gptq_blocks(w2.reshape(k * cp, m), h, block_size=bs, symmetric=sym, damp=damp)
         nb = cp // bs
         q = quant.q.reshape(k, cp, m)[:, :c].transpose(2, 1, 0)
         scale = quant.scale.reshape(k, nb, m).transpose(2, 1, 0)
