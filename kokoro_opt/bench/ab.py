@@ -25,7 +25,7 @@ ProgressCallback = Callable[[str, int, int], None]
 
 def ab_latency(
     models: Mapping[str, str | Path | bytes],
-    feeds: Sequence[dict[str, np.ndarray]],
+    feeds: Sequence[dict[str, np.ndarray]] | Mapping[str, Sequence[dict[str, np.ndarray]]],
     *,
     runs: int = 5,
     warmup: int = 1,
@@ -34,8 +34,9 @@ def ab_latency(
 ) -> dict[str, Any]:
     """Median/min latency (ms, summed over `feeds`) per model and paired ratios to the first.
 
-    `models` maps a label to a model path (or serialized bytes). Raises UserInputError for an
-    empty model list, no feeds, or runs < 1.
+    `models` maps a label to a model path (or serialized bytes); `feeds` is one list for all
+    models or a mapping label -> list (e.g. a padded input for a static-shape bucket). Raises
+    UserInputError for an empty model list, no feeds, or runs < 1.
     """
     import onnxruntime as ort
 
@@ -43,7 +44,10 @@ def ab_latency(
 
     if not models:
         raise UserInputError("No models to compare: give at least one.")
-    if not feeds:
+    per_model = {
+        label: list(feeds[label] if isinstance(feeds, Mapping) else feeds) for label in models
+    }
+    if not all(per_model.values()):
         raise UserInputError("No inputs to time the models on.")
     if runs < 1:
         raise UserInputError(f"runs must be at least 1, got {runs}.")
@@ -63,7 +67,7 @@ def ab_latency(
         order = labels if round_no % 2 == 0 else labels[::-1]
         for label in order:
             start = time.perf_counter()
-            for feed in feeds:
+            for feed in per_model[label]:
                 sessions[label].run(None, feed)
             elapsed = (time.perf_counter() - start) * 1000.0
             if round_no >= warmup:

@@ -15,8 +15,10 @@ from kokoro_opt.cli import coreml as coreml_cli
 from kokoro_opt.cli import gate as gate_cli
 from kokoro_opt.cli import int4 as int4_cli
 from kokoro_opt.cli import model as model_cli
+from kokoro_opt.cli import optimize as optimize_cli
 from kokoro_opt.cli import report as report_cli
 from kokoro_opt.cli import serve as serve_cli
+from kokoro_opt.cli import shapes as shapes_cli
 from kokoro_opt.cli import speak as speak_cli
 from kokoro_opt.cli.console import err_console
 from kokoro_opt.errors import KokoroOptError
@@ -35,6 +37,8 @@ int4_cli.register(app)
 serve_cli.register(app)
 gate_cli.register(app)
 report_cli.register(app)
+optimize_cli.register(app)
+shapes_cli.register(app)
 
 
 def main() -> None:

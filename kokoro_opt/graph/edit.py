@@ -92,13 +92,20 @@ class GraphIndex:
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
         """The single node reading `name`, when exactly one does and it is no graph output."""
-        users = self.consumers.get(name, [])
+        users = self.users(name)
         if len(users) != 1 or name in self.graph_outputs:
             return None
         return users[0]
 
     def users(self, name: str) -> list[onnx.NodeProto]:
-        return list(self.consumers.get(name, []))
+        """The distinct nodes reading `name` (a node reading it twice is listed once)."""
+        seen: set[int] = set()
+        found = []
+        for node in self.consumers.get(name, []):
+            if id(node) not in seen:
+                seen.add(id(node))
+                found.append(node)
+        return found
 
     def is_output(self, name: str) -> bool:
         return name in self.graph_outputs

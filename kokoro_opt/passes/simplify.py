@@ -8,7 +8,13 @@ and says why in `details["skipped"]`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import onnx
@@ -19,6 +25,9 @@ from kokoro_opt.graph.edit import clone, model_size_bytes, op_counts
 from kokoro_opt.passes.base import PassConfig, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOT_FOLDED = re.compile(r'failed to run "(\w+)" op')
 
 
 class Config(PassConfig):
@@ -49,23 +58,26 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     if config.input_shapes:
         _check_input_shapes(work, config.input_shapes)
     ctx.report("simplify (onnxsim)", 0, 1)
+    messages: list[str] = []
     try:
         import onnxsim
 
-        simplified, ok = onnxsim.simplify(
-            work,
-            check_n=config.check_n,
-            perform_optimization=config.optimizations,
-            skipped_optimizers=list(config.skip_optimizers) or None,
-            skip_constant_folding=not config.constant_folding,
-            skip_shape_inference=not config.shape_inference,
-            overwrite_input_shapes=config.input_shapes or None,
-        )
+        with _captured_output(messages):
+            simplified, ok = onnxsim.simplify(
+                work,
+                check_n=config.check_n,
+                perform_optimization=config.optimizations,
+                skipped_optimizers=list(config.skip_optimizers) or None,
+                skip_constant_folding=not config.constant_folding,
+                skip_shape_inference=not config.shape_inference,
+                overwrite_input_shapes=config.input_shapes or None,
+            )
     except Exception as exc:  # onnxsim raises bare RuntimeError/ValueError from its C++ core
         reason = _first_line(exc)
         logger.info("onnxsim skipped: %s", reason)
         details["skipped"] = f"onnxsim could not simplify this model: {reason}"
         details["nodes_after"] = details["nodes_before"]
+        details["messages"] = _summarize(messages)
         ctx.report("simplify (onnxsim)", 1, 1)
         return PassResult(work, details)
     ctx.report("simplify (onnxsim)", 1, 1)
@@ -86,8 +98,44 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
             if after.get(op, 0) != before.get(op, 0)
         },
         onnxsim_version=_version(),
+        messages=_summarize(messages),
+        nodes_not_folded=sorted(set(_NOT_FOLDED.findall("\n".join(messages)))),
     )
     return PassResult(simplified, details)
+
+
+@contextlib.contextmanager
+def _captured_output(sink: list[str]) -> Iterator[None]:
+    """Collect what onnxsim (and the ORT session it folds constants with) writes to the
+    process's stdout/stderr, at the file-descriptor level, so a pass never prints."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        try:
+            os.dup2(capture.fileno(), 1)
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            sink.extend(line for line in text.splitlines() if line.strip())
+
+
+def _summarize(messages: list[str], limit: int = 20) -> list[str]:
+    """onnxsim's warnings without tracebacks and ANSI colours, at most `limit` lines."""
+    keep = []
+    for line in messages:
+        clean = _ANSI.sub("", line).strip()
+        if clean.startswith(("WARNING", "Warning", "[E:", "[W:")) or "skip" in clean:
+            keep.append(clean[:300])
+    return keep[:limit]
 
 
 def _check_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:

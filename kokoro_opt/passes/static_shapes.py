@@ -39,11 +39,8 @@ from pydantic import Field
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.graph.edit import GraphIndex, attrs, clone, finalize, inferred_shapes
 from kokoro_opt.passes.base import PassConfig, PassContext, PassResult
-
-META_TOKENS = "kokoro_opt.static_tokens"
-META_MASK = "kokoro_opt.length_mask"
-META_PAD = "kokoro_opt.pad_id"
-PAD_ID = 0
+from kokoro_opt.runtime.buckets import META_MASK, META_PAD, META_TOKENS
+from kokoro_opt.runtime.tokenizer import PAD_ID
 
 
 class LengthMask(str, Enum):
@@ -243,10 +240,10 @@ def _length_mask(model: onnx.ModelProto, tokens: str, tokens_dtype: str, t: int)
 
 
 def _mask_nodes(index: GraphIndex, tokens: str, dtype: str, t: int) -> tuple[str, str, str]:
-    """n = min(last non-zero position + 2, T); mask[1, T] = arange < n (float), its [1, 1, T]
-    form, and n as int32 [1] for LSTM sequence_lens."""
+    """n = min(last non-pad position + 2, T) (the +1 past it is the end pad); mask[1, T] =
+    arange < n (float), its [1, 1, T] form, and n as int32 [1] for LSTM sequence_lens."""
     arange = index.add_initializer("length_mask_arange", np.arange(t, dtype=np.int64)[None, :])
-    zero = index.add_initializer("length_mask_zero", np.array(0, np.int64))
+    pad = index.add_initializer("length_mask_pad", np.array(PAD_ID, np.int64))
     two = index.add_initializer("length_mask_two", np.array(2, np.int64))
     limit = index.add_initializer("length_mask_t", np.array(t, np.int64))
     axis1 = index.add_initializer("length_mask_axis1", np.array([1], np.int64))
@@ -254,7 +251,8 @@ def _mask_nodes(index: GraphIndex, tokens: str, dtype: str, t: int) -> tuple[str
     if dtype != "int64":
         ids = index.add_node("Cast", [tokens], 1, name="length_mask/ids", to=TensorProto.INT64)
         ids = ids.output[0]
-    real = index.add_node("Greater", [ids, zero], 1, name="length_mask/real").output[0]
+    is_pad = index.add_node("Equal", [ids, pad], 1, name="length_mask/is_pad").output[0]
+    real = index.add_node("Not", [is_pad], 1, name="length_mask/real").output[0]
     real_i = index.add_node("Cast", [real], 1, name="length_mask/real_i", to=TensorProto.INT64)
     pos = index.add_node("Mul", [real_i.output[0], arange], 1, name="length_mask/pos").output[0]
     last = index.add_node("ReduceMax", [pos, axis1], 1, name="length_mask/last", keepdims=0).output[
