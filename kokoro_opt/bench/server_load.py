@@ -13,7 +13,8 @@ passed (requests in flight then finish). Per request it records:
   (`min_buffer_ms` is the smallest margin); the simpler check "a gap longer than the audio
   already delivered" is reported too;
 - speed: seconds of audio per wall second of the request (above 1: faster than real time);
-- errors (HTTP status, cut or malformed streams), hangs (no end within `hang_s`), and clients
+- rejections (429: the client waits `Retry-After`, capped by the time left, and goes on),
+  errors (other HTTP statuses, cut or malformed streams), hangs (no end within `hang_s`), clients
   that disconnected on purpose (`disconnect_fraction` of requests, chosen at random with
   `seed`, close the connection right after their first audio).
 
@@ -45,7 +46,7 @@ SAMPLE_RATE = 24000
 class RequestResult:
     """What one request measured."""
 
-    outcome: str  # complete, disconnected, error, hang
+    outcome: str  # complete, disconnected, rejected (429), error, hang
     ttfb_ms: float | None = None
     ttfa_ms: float | None = None
     audio_s: float = 0.0
@@ -55,6 +56,7 @@ class RequestResult:
     underrun: bool = False
     gap_over_delivered: bool = False
     error: str | None = None
+    retry_after_s: float = 0.0
 
     @property
     def x_realtime(self) -> float | None:
@@ -148,6 +150,10 @@ async def _drive(
                 except asyncio.TimeoutError:
                     result = RequestResult("hang", error=f"no end within {hang_s:g} s")
                 results.append(result)
+                if result.outcome == "rejected":  # back off as the server asks
+                    await asyncio.sleep(
+                        min(result.retry_after_s, max(0.0, end - time.perf_counter()))
+                    )
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
@@ -176,6 +182,14 @@ async def _one(client: Any, url: str, body: dict[str, Any], *, disconnect: bool)
     result = RequestResult("complete")
     try:
         async with client.stream("POST", f"{url}/v1/audio/speech", json=body) as response:
+            if response.status_code == 429:
+                await response.aread()
+                retry = response.headers.get("retry-after", "1")
+                return RequestResult(
+                    "rejected",
+                    error=f"HTTP 429, Retry-After {retry}",
+                    retry_after_s=float(retry) if retry.replace(".", "", 1).isdigit() else 1.0,
+                )
             if response.status_code != 200:
                 await response.aread()
                 return RequestResult(
@@ -304,6 +318,7 @@ def _report(
         "requests": len(results),
         "completed": len(complete),
         "disconnected": len(by["disconnected"]),
+        "rejected": sum(1 for r in results if r.outcome == "rejected"),
         "errors": len(errors),
         "hangs": len(hangs),
         "error_samples": sorted({r.error or "" for r in errors + hangs})[:5],

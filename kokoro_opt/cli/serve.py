@@ -55,8 +55,12 @@ def serve(
         int, typer.Option(help="The longest input accepted, in characters.")
     ] = 4096,
     max_concurrent: Annotated[
-        int, typer.Option(help="Speech requests served at once; more get 429 with Retry-After.")
-    ] = 8,
+        int | None,
+        typer.Option(
+            help="Speech requests served at once (default 4 per session); more get 429 with "
+            "Retry-After."
+        ),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(help="Seconds a request may wait for its next audio chunk before it fails."),

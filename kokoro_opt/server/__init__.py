@@ -1,7 +1,7 @@
 """Local OpenAI-compatible streaming TTS server built on the runtime.
 
     engine = Engine.load(model_path, sessions=1)
-    app = create_app(engine, ServerSettings(max_concurrent=8))
+    app = create_app(engine, ServerSettings(api_key=None))
 
 Heavy pieces (FastAPI, onnxruntime) load when these names are first used.
 """

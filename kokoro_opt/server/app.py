@@ -40,7 +40,7 @@ from kokoro_opt.server.engine import Engine
 from kokoro_opt.server.errors import APIError, bad_request, from_domain
 from kokoro_opt.server.models import FIELDS, STREAM_FORMATS, SpeechRequest, model_card
 from kokoro_opt.server.pipeline import PipelineConfig, SpeechJob, SpeechPipeline, error_record
-from kokoro_opt.server.settings import ServerSettings
+from kokoro_opt.server.settings import STREAMS_PER_SESSION, ServerSettings
 from kokoro_opt.server.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,11 @@ class ServerState:
     warmup: dict[str, Any] | None = None
     self_bench: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def max_concurrent(self) -> int:
+        limit = self.settings.max_concurrent
+        return limit if limit is not None else STREAMS_PER_SESSION * self.engine.pool.size
 
     @property
     def pipeline_config(self) -> PipelineConfig:
@@ -181,11 +186,11 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                 type="server_busy_error",
                 code="not_ready",
             )
-        if state.active >= settings.max_concurrent:
+        if state.active >= state.max_concurrent:
             retry = _retry_after(state)
             raise APIError(
                 429,
-                f"Too many requests in progress ({state.active} of {settings.max_concurrent}): "
+                f"Too many requests in progress ({state.active} of {state.max_concurrent}): "
                 f"retry after {retry} s, or start the server with a higher --max-concurrent.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
@@ -614,7 +619,7 @@ def _status(state: ServerState) -> dict[str, Any]:
         "self_bench": list(state.self_bench),
         "limits": {
             "max_chars": settings.max_chars,
-            "max_concurrent": settings.max_concurrent,
+            "max_concurrent": state.max_concurrent,
             "timeout_s": settings.timeout_s,
             "auth": settings.api_key is not None,
         },

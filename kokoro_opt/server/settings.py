@@ -19,6 +19,8 @@ class ServerSettings:
     - `api_key`: when set, every endpoint but /health requires `Authorization: Bearer <key>`.
     - `max_chars`: the longest `input` accepted (OpenAI's limit is 4096).
     - `max_concurrent`: speech requests running at once; one more gets 429 with Retry-After.
+      None: 4 per inference session (on 2 cores one session keeps about 4 streams ahead of
+      real time; more would all fall behind, so they are better told to come back).
     - `timeout_s`: the longest a request waits for its next audio chunk (waiting for an inference
       session included); past it the request fails with 504 (a stream is cut).
     - `primer_ms`: milliseconds of silence sent right after the WAV header (0: none).
@@ -32,7 +34,7 @@ class ServerSettings:
 
     api_key: str | None = None
     max_chars: int = 4096
-    max_concurrent: int = 8
+    max_concurrent: int | None = None
     timeout_s: float = 30.0
     primer_ms: int = 0
     trim_silence: bool = True
@@ -49,7 +51,8 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         _at_least("max_chars", self.max_chars, 1)
-        _at_least("max_concurrent", self.max_concurrent, 1)
+        if self.max_concurrent is not None:
+            _at_least("max_concurrent", self.max_concurrent, 1)
         _at_least("queue_size", self.queue_size, 1)
         _at_least("cache_entries", self.cache_entries, 0)
         _at_least("first_segment_chars", self.first_segment_chars, 4)
@@ -69,6 +72,9 @@ class ServerSettings:
             raise UserInputError(f"growth must be at least 1.0, got {self.growth}.")
         if self.api_key is not None and not self.api_key.strip():
             raise UserInputError("The API key is empty: give a non-empty key or none at all.")
+
+
+STREAMS_PER_SESSION = 4
 
 
 def _at_least(name: str, value: int, low: int) -> None:

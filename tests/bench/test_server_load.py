@@ -41,6 +41,16 @@ def test_drive_counts_http_errors(synthetic_fp32: Path) -> None:
     assert report["server_before"] is None  # /status needs the key
 
 
+def test_drive_backs_off_on_429(synthetic_fp32: Path) -> None:
+    engine = Engine.load(synthetic_fp32, sessions=1, threads=1)
+    long_texts = [" ".join([TEXTS[0]] * 30)]
+    with running_server(engine, ServerSettings(max_concurrent=1, warmup=False)) as url:
+        report = drive(url, concurrency=4, duration_s=2.0, texts=long_texts)
+    assert report["errors"] == 0 and report["hangs"] == 0
+    assert report["rejected"] >= 1 and report["completed"] >= 1
+    assert report["requests"] == report["completed"] + report["rejected"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [

@@ -181,6 +181,7 @@ def test_status_and_metrics(server: str) -> None:
     assert status["model"]["id"] == "kokoro-synthetic"
     assert status["model"]["providers"] == ["CPUExecutionProvider"] * 2
     assert status["pool"]["size"] == 2 and status["pool"]["idle"] == 2
+    assert status["limits"]["max_concurrent"] == 8  # default: 4 streams per session
     assert status["requests"]["completed"] >= 1
     assert status["requests"]["ttfa_ms"]["p50"] > 0
     assert status["requests"]["rtf"]["p50"] > 0
