@@ -130,6 +130,7 @@ def scenario_ttfa(url: str, rounds: int) -> dict[str, Any]:
         fresh.append(drive(url, concurrency=1, duration_s=1e-3, texts=[text]))
     cached = [drive(url, concurrency=1, duration_s=1e-3, texts=[THREES[0]]) for _ in range(3)]
     values = [r["ttfa_ms"]["p50"] for r in fresh if r["ttfa_ms"]["count"]]
+    firsts = sorted(r["ttfb_ms"]["p50"] for r in fresh if r["ttfb_ms"]["count"])
     speeds = [r["x_realtime"]["p50"] for r in fresh if r["x_realtime"]["count"]]
     values.sort()
     return {
@@ -140,6 +141,7 @@ def scenario_ttfa(url: str, rounds: int) -> dict[str, Any]:
         "ttfa_ms_p95": values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
         if values
         else None,
+        "ttfb_ms_p50": firsts[len(firsts) // 2] if firsts else None,
         "x_realtime_p50": sorted(speeds)[len(speeds) // 2] if speeds else None,
         "cached_ttfa_ms": [r["ttfa_ms"]["p50"] for r in cached],
         "underruns": sum(r["underruns"] for r in fresh),

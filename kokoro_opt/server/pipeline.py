@@ -462,8 +462,7 @@ class _WholeFileFramer:
         if self.job.response_format == "wav":
             return wav_bytes(audio, SAMPLE_RATE)
         encoder = make_encoder(self.job.response_format, SAMPLE_RATE, streaming=False)
-        encoder.encode(audio)
-        return encoder.finish()
+        return encoder.header() + encoder.encode(audio) + encoder.finish()
 
 
 def _make_framer(

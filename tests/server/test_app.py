@@ -95,6 +95,8 @@ def test_formats_carry_the_same_audio(server: str) -> None:
     carry the same samples."""
     streamed = _wav_pcm(_speech(server).content)
     pcm = np.frombuffer(_speech(server, response_format="pcm").content, dtype="<i2")
+    whole_pcm = _speech(server, response_format="pcm", stream=False).content
+    assert whole_pcm == pcm.tobytes()
     whole = _speech(server, stream=False)
     assert whole.headers["content-length"] == str(len(whole.content))
     data = whole.content
