@@ -219,3 +219,14 @@ def test_self_bench_runs_while_idle(engine: object) -> None:
         metrics = httpx.get(f"{url}/metrics").text
     assert runs and runs[0]["rtf"] > 0 and runs[0]["ttfa_ms"] > 0 and runs[0]["segments"] >= 2
     assert "kokoro_self_bench_rtf" in metrics
+
+
+@pytest.mark.parametrize(
+    ("lang", "text"), [("en", "Hello there."), ("a", "Hello there."), ("es", "Hola, ¿cómo estás?")]
+)
+def test_languages_and_aliases(server: str, lang: str, text: str) -> None:
+    """`en` is English (the seed's espeak backend rejected it), Kokoro's one-letter codes work,
+    and other languages go through espeak-ng."""
+    response = _speech(server, input=text, lang=lang, stream=False)
+    assert response.status_code == 200, response.text
+    assert len(_wav_pcm(response.content)) > 100
