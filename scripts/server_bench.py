@@ -4,8 +4,12 @@ Starts the server as a subprocess (so its RSS is the server's alone) on a free l
 waits until it is warm, runs the scenarios with `kokoro_opt.bench.server_load.drive`, stops the
 server and writes one JSON report.
 
-    python scripts/server_bench.py kokoro-fp32 --scenario all --out docs/server-bench-fp32.json
+    python scripts/server_bench.py kokoro-fp32 --scenario all --out /tmp/bench-fp32.json
     python scripts/server_bench.py kokoro-int8-export --scenario soak --soak-s 120
+
+Extra `kokoro-opt serve` options go after `--` (for example `-- --sessions 2 --threads 1`).
+The server runs with its primer cache off (`--cache-entries 0`) unless `--cache` is given, so
+time to first audio is the model's, not a cache hit's; the ttfa scenario measures hits apart.
 
 Scenarios:
 - ttfa: sequential three-sentence requests, each text different (no primer-cache hits), then
@@ -129,6 +133,7 @@ def scenario_ttfa(url: str, rounds: int) -> dict[str, Any]:
             text = f"Round {i}. {text}"
         fresh.append(drive(url, concurrency=1, duration_s=1e-3, texts=[text]))
     cached = [drive(url, concurrency=1, duration_s=1e-3, texts=[THREES[0]]) for _ in range(3)]
+    cache = status(url)["cache"]
     values = [r["ttfa_ms"]["p50"] for r in fresh if r["ttfa_ms"]["count"]]
     firsts = sorted(r["ttfb_ms"]["p50"] for r in fresh if r["ttfb_ms"]["count"])
     speeds = [r["x_realtime"]["p50"] for r in fresh if r["x_realtime"]["count"]]
@@ -143,7 +148,8 @@ def scenario_ttfa(url: str, rounds: int) -> dict[str, Any]:
         else None,
         "ttfb_ms_p50": firsts[len(firsts) // 2] if firsts else None,
         "x_realtime_p50": sorted(speeds)[len(speeds) // 2] if speeds else None,
-        "cached_ttfa_ms": [r["ttfa_ms"]["p50"] for r in cached],
+        "repeated_text_ttfa_ms": [r["ttfa_ms"]["p50"] for r in cached],
+        "cache": {k: cache[k] for k in ("max_entries", "hits", "misses")},
         "underruns": sum(r["underruns"] for r in fresh),
     }
 
@@ -206,12 +212,15 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=120.0)
     parser.add_argument("--soak-warmup-s", type=float, default=60.0)
     parser.add_argument("--out", type=Path, help="write the JSON report here")
+    parser.add_argument("--cache", action="store_true", help="keep the primer cache on")
     parser.add_argument("server_args", nargs="*", help="extra `kokoro-opt serve` options after --")
     args = parser.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     extra = list(args.server_args)
+    if not args.cache:
+        extra += ["--cache-entries", "0"]
     started = time.perf_counter()
     proc = start_server(args.model, port, extra)
     report: dict[str, Any] = {

@@ -76,6 +76,10 @@ def serve(
         int,
         typer.Option(help="Longest first segment in characters: shorter gives earlier audio."),
     ] = 12,
+    cache_entries: Annotated[
+        int,
+        typer.Option(help="First segments kept in the primer cache; 0 turns the cache off."),
+    ] = 64,
     trim_silence: Annotated[
         bool,
         typer.Option(
@@ -129,6 +133,7 @@ def serve(
         self_bench_interval_s=self_bench_interval,
         first_segment_chars=first_segment_chars,
         trim_silence=trim_silence,
+        cache_entries=cache_entries,
         default_voice=voice,
         default_lang=normalize_lang(lang),
     )

@@ -73,6 +73,8 @@ def test_serve_starts_warm_answers_and_stops(synthetic_fp32: Path) -> None:
         status = httpx.get(f"http://127.0.0.1:{port}/status", headers=auth).json()
         assert status["warmup"]["total_s"] > 0  # it was warm before the port answered
         assert status["pool"]["size"] == 2 and status["model"]["threads_per_session"] == 1
+        assert status["cache"]["max_entries"] == 0 and status["streaming"]["trim_silence"] is False
+        assert status["limits"]["max_concurrent"] == 8
         body = {"model": "tts-1", "input": "Hello from the command line.", "voice": "jf_alpha"}
         speech = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, headers=auth)
         assert speech.status_code == 200 and speech.content[:4] == b"RIFF"
