@@ -53,6 +53,9 @@ def test_serve_starts_warm_answers_and_stops(synthetic_fp32: Path) -> None:
         "1",
         "--log-level",
         "warning",
+        "--cache-entries",
+        "0",
+        "--no-trim-silence",
     ]
     cmd = [sys.executable, "-m", "kokoro_opt", "serve", str(synthetic_fp32), "--port", str(port)]
     cmd += options
