@@ -61,6 +61,13 @@ def serve(
             "Retry-After."
         ),
     ] = None,
+    load_shedding: Annotated[
+        bool,
+        typer.Option(
+            help="Also refuse new requests while the measured speed cannot keep one more "
+            "stream ahead of real time."
+        ),
+    ] = True,
     timeout: Annotated[
         float,
         typer.Option(help="Seconds a request may wait for its next audio chunk before it fails."),
@@ -128,6 +135,7 @@ def serve(
         api_key=api_key,
         max_chars=max_chars,
         max_concurrent=max_concurrent,
+        load_shedding=load_shedding,
         timeout_s=timeout,
         primer_ms=primer_ms,
         self_bench_interval_s=self_bench_interval,

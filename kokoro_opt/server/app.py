@@ -45,6 +45,8 @@ from kokoro_opt.server.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
+# Load shedding admits streams up to this fraction of what the sessions can keep in real time.
+CAPACITY_HEADROOM = 0.9
 # A client that accepts no bytes for this long (or --timeout, if longer) is dropped.
 MIN_SEND_TIMEOUT_S = 30.0
 SELF_BENCH_TEXT = (
@@ -72,6 +74,16 @@ class ServerState:
     def max_concurrent(self) -> int:
         limit = self.settings.max_concurrent
         return limit if limit is not None else STREAMS_PER_SESSION * self.engine.pool.size
+
+    def stream_capacity(self) -> int | None:
+        """Streams the sessions can keep ahead of playback at their recent speed (with 10 %
+        headroom; at least 1), or None when load shedding is off or nothing was measured yet."""
+        if not self.settings.load_shedding:
+            return None
+        rtf = self.telemetry.recent_rtf()
+        if rtf is None or rtf <= 0:
+            return None
+        return max(1, int(CAPACITY_HEADROOM * self.engine.pool.size / rtf))
 
     @property
     def pipeline_config(self) -> PipelineConfig:
@@ -194,6 +206,18 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                 f"retry after {retry} s, or start the server with a higher --max-concurrent.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
+                headers={"Retry-After": str(retry)},
+            )
+        capacity = state.stream_capacity()
+        if capacity is not None and state.active >= capacity:
+            retry = _retry_after(state)
+            raise APIError(
+                429,
+                f"The server is at capacity: {state.active} stream(s) in progress and the model "
+                f"now needs {state.telemetry.recent_rtf():.2f} s per second of audio, so one "
+                f"more would fall behind real time. Retry after {retry} s.",
+                type="rate_limit_error",
+                code="overloaded",
                 headers={"Retry-After": str(retry)},
             )
         pipeline = SpeechPipeline(
@@ -620,6 +644,8 @@ def _status(state: ServerState) -> dict[str, Any]:
         "limits": {
             "max_chars": settings.max_chars,
             "max_concurrent": state.max_concurrent,
+            "load_shedding": settings.load_shedding,
+            "stream_capacity": state.stream_capacity(),
             "timeout_s": settings.timeout_s,
             "auth": settings.api_key is not None,
         },

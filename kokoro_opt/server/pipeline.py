@@ -272,6 +272,8 @@ class SpeechPipeline:
                 if piece is _END or isinstance(piece, BaseException):
                     await self._audio.put(piece)
                     return
+                infer_s = wait_ms = 0.0
+                nonfinite = 0
                 if piece.cached is not None:
                     samples, cached = piece.cached, True
                 else:
@@ -292,9 +294,6 @@ class SpeechPipeline:
                     infer_s = timing.get("infer_s", 0.0)
                     self.compute_s += infer_s
                     wait_ms = max(0.0, (timing.get("start", queued) - queued) * 1e3)
-                    self.telemetry.segment(
-                        infer_ms=infer_s * 1e3, wait_ms=wait_ms, nonfinite=nonfinite
-                    )
                     if piece.cache_key is not None:
                         self.cache.put(piece.cache_key, samples)
                     cached = False
@@ -305,7 +304,13 @@ class SpeechPipeline:
                         lead_s=LEAD_FIRST_S if piece.first else LEAD_S,
                         trail_s=piece.trail_s,
                     )
-                self.audio_s += len(samples) / SAMPLE_RATE
+                audio_s = len(samples) / SAMPLE_RATE
+                if not cached:
+                    self.telemetry.segment(
+                        infer_ms=infer_s * 1e3, wait_ms=wait_ms, nonfinite=nonfinite,
+                        audio_s=audio_s,
+                    )  # fmt: skip
+                self.audio_s += audio_s
                 self.segments += 1
                 if self.first_audio_at is None:
                     self.first_audio_at = time.perf_counter()

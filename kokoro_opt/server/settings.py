@@ -21,6 +21,9 @@ class ServerSettings:
     - `max_concurrent`: speech requests running at once; one more gets 429 with Retry-After.
       None: 4 per inference session (on 2 cores one session keeps about 4 streams ahead of
       real time; more would all fall behind, so they are better told to come back).
+    - `load_shedding`: also refuse (429) a new request when the recent real-time factor says the
+      sessions cannot keep one more stream ahead of playback (other load on the machine
+      included), so the streams already running stay real-time instead of all falling behind.
     - `timeout_s`: the longest a request waits for its next audio chunk (waiting for an inference
       session included); past it the request fails with 504 (a stream is cut).
     - `primer_ms`: milliseconds of silence sent right after the WAV header (0: none).
@@ -35,6 +38,7 @@ class ServerSettings:
     api_key: str | None = None
     max_chars: int = 4096
     max_concurrent: int | None = None
+    load_shedding: bool = True
     timeout_s: float = 30.0
     primer_ms: int = 0
     trim_silence: bool = True

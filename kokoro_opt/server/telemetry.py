@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+RECENT_SEGMENTS = 24
 
 
 class Window:
@@ -71,6 +72,7 @@ class Telemetry:
         self.infer_ms = Window(window)
         self.queue_wait_ms = Window(window)
         self.request_s = Window(window)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_SEGMENTS)
 
     def uptime_s(self) -> float:
         return time.perf_counter() - self.started
@@ -116,12 +118,21 @@ class Telemetry:
         with self._lock:
             self.ttfa_ms.add(ms)
 
-    def segment(self, *, infer_ms: float, wait_ms: float, nonfinite: int) -> None:
+    def segment(self, *, infer_ms: float, wait_ms: float, nonfinite: int, audio_s: float) -> None:
         with self._lock:
             self.segments += 1
             self.infer_ms.add(infer_ms)
             self.queue_wait_ms.add(wait_ms)
             self.nonfinite += nonfinite
+            self._recent.append((infer_ms / 1e3, audio_s))
+
+    def recent_rtf(self) -> float | None:
+        """Model seconds per second of audio sent over the last `RECENT_SEGMENTS` model calls
+        (None before there are any): how fast the sessions are right now, other load included."""
+        with self._lock:
+            infer = sum(i for i, _ in self._recent)
+            audio = sum(a for _, a in self._recent)
+        return infer / audio if audio > 0 else None
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -138,6 +149,7 @@ class Telemetry:
                 "chars": self.chars,
                 "segments": self.segments,
                 "nonfinite_samples": self.nonfinite,
+                "recent_rtf": _rounded(self._recent),
                 "ttfa_ms": self.ttfa_ms.summary(),
                 "rtf": self.rtf.summary(digits=4),
                 "infer_ms": self.infer_ms.summary(),
@@ -190,6 +202,11 @@ class Telemetry:
             )
             _metric(lines, name, "gauge", help_text, samples)
         return "\n".join(lines) + "\n"
+
+
+def _rounded(recent: deque[tuple[float, float]]) -> float | None:
+    audio = sum(a for _, a in recent)
+    return round(sum(i for i, _ in recent) / audio, 4) if audio > 0 else None
 
 
 def _metric(

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,15 @@ STOP_TIMEOUT_S = 30.0
 def running_server(engine: Engine, settings: ServerSettings | None = None) -> Iterator[str]:
     """Serve `create_app(engine, settings)` on a free loopback port; yields the base URL and
     stops the server (bounded) on exit, failing if it does not stop."""
+    with serving(create_app(engine, settings or ServerSettings())) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port (see `running_server`)."""
     import uvicorn
 
-    app = create_app(engine, settings or ServerSettings())
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

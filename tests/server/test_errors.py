@@ -163,6 +163,47 @@ def test_429_when_too_many_requests(engine: Engine) -> None:
         assert httpx.post(f"{url}/v1/audio/speech", json=GOOD).status_code == 200
 
 
+def test_load_shedding_refuses_what_the_sessions_cannot_keep_real_time(engine: Engine) -> None:
+    from kokoro_opt.server import create_app
+    from tests.server.conftest import serving
+
+    app = create_app(engine, ServerSettings(warmup=False))
+    state = app.state.kokoro
+    long_text = "The birch canoe slid on the smooth planks. " * 90
+    with serving(app) as url:
+        # The sessions were just measured at 3 s of model time per second of audio (a machine
+        # busy with other work, say): two sessions keep at most one stream in real time.
+        for _ in range(24):
+            state.telemetry.segment(infer_ms=3000.0, wait_ms=0.0, nonfinite=0, audio_s=1.0)
+        status = httpx.get(f"{url}/status").json()
+        assert status["limits"]["stream_capacity"] == 1
+        assert status["requests"]["recent_rtf"] == pytest.approx(3.0)
+        rejected = None
+        for attempt in range(5):
+            holder: dict[str, httpx.Response] = {}
+            body = {**GOOD, "input": f"Attempt {attempt}. {long_text}", "stream": False}
+
+            def hold(body: dict = body, holder: dict = holder) -> None:
+                holder["r"] = httpx.post(f"{url}/v1/audio/speech", json=body, timeout=120)
+
+            thread = threading.Thread(target=hold)
+            thread.start()
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/status").json()["active_requests"] < 1:
+                assert time.monotonic() < deadline and thread.is_alive(), "request never started"
+                time.sleep(0.002)
+            response = httpx.post(f"{url}/v1/audio/speech", json=GOOD)
+            thread.join(120)
+            assert holder["r"].status_code == 200  # the stream already running is served
+            if response.status_code == 429:
+                rejected = response
+                break
+        assert rejected is not None, "never refused a second stream"
+        error = _error(rejected, 429)
+        assert error["code"] == "overloaded" and "fall behind real time" in error["message"]
+        assert int(rejected.headers["retry-after"]) >= 1
+
+
 def test_timeout_is_504_or_a_cut_stream(engine: Engine) -> None:
     """With a timeout shorter than any synthesis, every kind of response fails cleanly.
     (Each request has its own text: a first segment cached by an earlier one needs no model.)"""
