@@ -213,12 +213,13 @@ def main() -> None:
     parser.add_argument("--soak-warmup-s", type=float, default=60.0)
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--cache", action="store_true", help="keep the primer cache on")
-    parser.add_argument("server_args", nargs="*", help="extra `kokoro-opt serve` options after --")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    server_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    extra = list(args.server_args)
+    extra = list(server_args)
     if not args.cache:
         extra += ["--cache-entries", "0"]
     started = time.perf_counter()

@@ -115,7 +115,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
             state.warmup = await loop.run_in_executor(
                 engine.text_executor,
                 functools.partial(
-                    engine.warmup, lang=settings.default_lang, voice=settings.default_voice
+                    engine.warmup,
+                    lang=settings.default_lang,
+                    voice=settings.default_voice,
+                    longest_chars=settings.max_segment_chars,
                 ),
             )
         state.ready = True

@@ -22,7 +22,7 @@ from typing import Any
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.runtime.g2p import get_g2p
 from kokoro_opt.runtime.synthesizer import Synthesizer
-from kokoro_opt.runtime.tokenizer import tokenize
+from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, tokenize
 from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 from kokoro_opt.server.pool import SessionPool
 
@@ -119,13 +119,18 @@ class Engine:
                 executor.shutdown(wait=True, cancel_futures=True)
                 setattr(self, name, None)
 
-    def warmup(self, *, lang: str, voice: str) -> dict[str, Any]:
-        """Build the G2P for `lang` and run every session on a short and a longer input, so the
-        first request pays no one-time costs. Blocking; returns timings."""
+    def warmup(self, *, lang: str, voice: str, longest_chars: int = 300) -> dict[str, Any]:
+        """Build the G2P for `lang` and run every session on a short input and on the longest
+        segment a request can produce (`longest_chars`), so the first request pays no one-time
+        costs and ONNX Runtime's memory arena has already grown to its working size (it keeps
+        what it grew to: without this, RSS steps up the first time each larger segment comes).
+        Blocking; returns timings."""
         start = time.perf_counter()
         g2p = get_g2p(lang)
         pack = self.voices.get(voice)
-        token_lists = [tokenize(g2p.phonemize(text)) for text in WARMUP_TEXTS]
+        long_text = " ".join([WARMUP_TEXTS[1]] * (longest_chars // len(WARMUP_TEXTS[1]) + 1))
+        texts = [*WARMUP_TEXTS, long_text[:longest_chars]]
+        token_lists = [tokenize(g2p.phonemize(text))[:MAX_PHONEMES] for text in texts]
         g2p_s = time.perf_counter() - start
         per_session = []
         for member in self.pool.members:
