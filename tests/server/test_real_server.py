@@ -29,7 +29,9 @@ VOICE = "jf_gongitsune"
 @pytest.fixture(scope="module", params=["kokoro-int8-export", "kokoro-fp32"])
 def real_server(request: pytest.FixtureRequest, real_models: dict[str, Path]) -> Iterator[str]:
     engine = Engine.load(real_models[request.param], sessions=1, threads=2)
-    with running_server(engine, ServerSettings(timeout_s=120)) as url:
+    # Short segments keep the warm-up (which runs the longest possible segment) quick.
+    settings = ServerSettings(timeout_s=120, max_segment_chars=120)
+    with running_server(engine, settings) as url:
         yield url
 
 
