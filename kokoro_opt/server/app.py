@@ -121,6 +121,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
                     longest_chars=settings.max_segment_chars,
                 ),
             )
+        if state.warmup and state.warmup.get("audio_s"):
+            state.telemetry.seed_speed(
+                infer_s=state.warmup["infer_s"], audio_s=state.warmup["audio_s"]
+            )
         state.ready = True
         bench_task = (
             asyncio.create_task(_self_bench_loop(state), name="kokoro-self-bench")

@@ -21,7 +21,7 @@ from typing import Any
 
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.runtime.g2p import get_g2p
-from kokoro_opt.runtime.synthesizer import Synthesizer
+from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, tokenize
 from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 from kokoro_opt.server.pool import SessionPool
@@ -133,10 +133,15 @@ class Engine:
         token_lists = [tokenize(g2p.phonemize(text))[:MAX_PHONEMES] for text in texts]
         g2p_s = time.perf_counter() - start
         per_session = []
+        infer_s = audio_s = 0.0
         for member in self.pool.members:
             t0 = time.perf_counter()
-            for tokens in token_lists:
-                member.synth.infer(tokens, style_for(pack, len(tokens)), 1.0)
+            for i, tokens in enumerate(token_lists):
+                t1 = time.perf_counter()
+                audio = member.synth.infer(tokens, style_for(pack, len(tokens)), 1.0)
+                if i == len(token_lists) - 1:  # the long input: a fair speed sample
+                    infer_s += time.perf_counter() - t1
+                    audio_s += len(audio) / SAMPLE_RATE
             per_session.append(round(time.perf_counter() - t0, 3))
         self.warmup_s = time.perf_counter() - start
         logger.info("warm-up done in %.2f s", self.warmup_s)
@@ -144,6 +149,9 @@ class Engine:
             "total_s": round(self.warmup_s, 3),
             "g2p_s": round(g2p_s, 3),
             "sessions_s": per_session,
+            "rtf": round(infer_s / audio_s, 4) if audio_s else None,
+            "infer_s": infer_s,
+            "audio_s": audio_s,
         }
 
 

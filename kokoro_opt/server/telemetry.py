@@ -126,6 +126,13 @@ class Telemetry:
             self.nonfinite += nonfinite
             self._recent.append((infer_ms / 1e3, audio_s))
 
+    def seed_speed(self, *, infer_s: float, audio_s: float) -> None:
+        """Start the recent-speed window with a measurement made outside requests (the warm-up),
+        so load shedding knows the speed before the first request; real segments replace it."""
+        with self._lock:
+            if audio_s > 0:
+                self._recent.append((infer_s, audio_s))
+
     def recent_rtf(self) -> float | None:
         """Model seconds per second of audio sent over the last `RECENT_SEGMENTS` model calls
         (None before there are any): how fast the sessions are right now, other load included."""

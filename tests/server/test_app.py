@@ -188,7 +188,9 @@ def test_status_and_metrics(server: str) -> None:
     assert status["requests"]["ttfa_ms"]["p50"] > 0
     assert status["requests"]["rtf"]["p50"] > 0
     assert set(status["queues"]) == {"text", "audio", "out", "session_waiters"}
-    assert status["warmup"]["total_s"] > 0
+    assert status["warmup"]["total_s"] > 0 and status["warmup"]["rtf"] > 0
+    # the warm-up's speed seeds load shedding: a capacity is known before any request
+    assert status["limits"]["stream_capacity"] >= 1
     assert status["process"]["rss_mb"] > 0
     text = httpx.get(f"{server}/metrics").text
     for name in (
