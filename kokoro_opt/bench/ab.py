@@ -5,7 +5,8 @@ session on prepared feeds, which is what a graph rewrite changes. All sessions l
 process and every round runs each model once on each feed, alternating the order (A B C, then
 C B A) so that load from other processes on a shared machine hits every model alike. We report
 the median and the minimum per model, and the median of the per-round ratios to the first
-model ("paired ratio"), which is the number to trust on a busy machine.
+model ("paired ratio"), which is the number to trust on a busy machine; the same for the
+process CPU time (all ORT threads, spin-waiting included) as a second opinion.
 """
 
 from __future__ import annotations
@@ -63,19 +64,21 @@ def ab_latency(
     total = (warmup + runs) * len(labels)
     done = 0
     times: dict[str, list[float]] = {label: [] for label in labels}
+    cpu: dict[str, list[float]] = {label: [] for label in labels}
     for round_no in range(warmup + runs):
         order = labels if round_no % 2 == 0 else labels[::-1]
         for label in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for feed in per_model[label]:
                 sessions[label].run(None, feed)
             elapsed = (time.perf_counter() - start) * 1000.0
             if round_no >= warmup:
                 times[label].append(elapsed)
+                cpu[label].append((time.process_time() - start_cpu) * 1000.0)
             done += 1
             if progress is not None:
                 progress("timing models", done, total)
-    first = times[labels[0]]
+    first, first_cpu = times[labels[0]], cpu[labels[0]]
     result: dict[str, Any] = {"runs": runs, "threads": threads, "models": {}}
     for label in labels:
         ts = times[label]
@@ -83,6 +86,10 @@ def ab_latency(
             "median_ms": statistics.median(ts),
             "min_ms": min(ts),
             "paired_ratio": statistics.median(t / f for t, f in zip(ts, first, strict=True)),
+            "cpu_median_ms": statistics.median(cpu[label]),
+            "cpu_paired_ratio": statistics.median(
+                c / f for c, f in zip(cpu[label], first_cpu, strict=True)
+            ),
             "runs_ms": ts,
         }
     return result

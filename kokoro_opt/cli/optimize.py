@@ -67,6 +67,15 @@ def optimize(
             "runtimes; needs --level basic.",
         ),
     ] = False,
+    for_quantization: Annotated[
+        bool,
+        typer.Option(
+            "--for-quantization",
+            help="Prepare a float model for `kokoro-opt quantize`: rewrites only, standard ops "
+            "(level basic, no onnxsim Gemm fusion, no transformer fusions), so every Conv and "
+            "MatMul stays visible to the quantizer.",
+        ),
+    ] = False,
     rewrite: Annotated[
         str,
         typer.Option(
@@ -104,7 +113,14 @@ def optimize(
     from kokoro_opt.store import resolve_model
 
     if level is None:
-        level = "basic" if portable else "extended"
+        level = "basic" if portable or for_quantization else "extended"
+    if for_quantization:
+        if level != "basic":
+            raise UserInputError(
+                f"--for-quantization cannot be combined with --level {level}: the quantizer "
+                "needs standard ops. Leave --level out (it becomes basic)."
+            )
+        simplify, fusion = False, False
     if level not in LEVELS:
         raise UserInputError(f"--level must be one of {', '.join(LEVELS)}; got {level!r}.")
     if portable and level != "basic":
@@ -137,6 +153,7 @@ def optimize(
         latency = _measure(model_path, out, runs, threads, report) if measure else None
     manifest: dict[str, Any] = {
         "command": "optimize",
+        "for_quantization": for_quantization,
         "input": str(model_path),
         "input_sha256": input_sha,
         "output": str(out),

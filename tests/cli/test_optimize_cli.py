@@ -142,3 +142,41 @@ def test_real_int8_export_optimizes_within_noise(
     assert manifest["details"]["nodes_after"] < manifest["details"]["nodes_before"]
     assert manifest["details"]["stages"]["rewrites"]["instnorm"]["matched"] > 0
     assert manifest["audio_check"]["same_lengths"]
+
+
+def test_for_quantization_keeps_standard_ops_and_matmuls(
+    synthetic_fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
+) -> None:
+    out = tmp_path / "pre.onnx"
+    res = run_cli(
+        [
+            "optimize",
+            str(synthetic_fp32),
+            "-o",
+            str(out),
+            "--for-quantization",
+            "--no-measure",
+            "--json",
+        ],
+        capsys,
+    )
+    assert res.exit_code == 0, res.stderr
+    manifest = json.loads(res.stdout)
+    settings = manifest["settings"]
+    assert (settings["level"], settings["simplify"], settings["fusion"]) == ("basic", False, False)
+    model = onnx.load(out)
+    assert non_standard_ops(model) == {}
+    assert sum(n.op_type == "MatMul" for n in model.graph.node) == 4  # no Gemm fusion
+    res = run_cli(
+        [
+            "optimize",
+            str(synthetic_fp32),
+            "-o",
+            str(out),
+            "--for-quantization",
+            "--level",
+            "extended",
+        ],
+        capsys,
+    )
+    assert res.exit_code == 2 and "--for-quantization cannot be combined" in res.stderr

@@ -110,3 +110,19 @@ def test_refusing_to_dequantize_lstm(synthetic_int8: Path) -> None:
         portable.run(
             onnx.load(synthetic_int8), portable.Config(dequantize_lstm=False), PassContext()
         )
+
+
+@pytest.mark.real
+def test_real_fp32_portable_is_standard_and_sounds_the_same(real_models: dict[str, Path]) -> None:
+    from kokoro_opt.passes.verify import NOISE_FLOOR_LOGMEL, REFERENCE_PHONEMES, compare_models
+
+    path = real_models["kokoro-fp32"]
+    result = portable.run(onnx.load(path), portable.Config(), PassContext())
+    assert result.details["rewritten"] == {
+        "com.microsoft:FastGelu": 12,
+        "com.microsoft:SkipLayerNormalization": 12,
+        "com.microsoft:FusedMatMul": 1,
+    }
+    assert non_standard_ops(result.model) == {}
+    check = compare_models(path, result.model, phonemes=REFERENCE_PHONEMES[:1])
+    assert check["same_lengths"] and check["max_logmel_distance"] < NOISE_FLOOR_LOGMEL

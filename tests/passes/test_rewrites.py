@@ -151,3 +151,19 @@ def test_default_chain_on_synthetic_is_within_noise(synthetic_fp32: Path, tmp_pa
     assert check["same_lengths"] and check["nonfinite"] == 0
     assert check["max_abs_diff"] < 1e-4
     assert check["max_logmel_distance"] < 1e-3
+
+
+@pytest.mark.real
+def test_real_fp32_default_rewrites(real_models: dict[str, Path]) -> None:
+    from kokoro_opt.passes.verify import NOISE_FLOOR_LOGMEL, REFERENCE_PHONEMES
+
+    path = real_models["kokoro-fp32"]
+    result = rewrites.apply(onnx.load(path), list(rewrites.DEFAULT), PassContext(threads=2))
+    d = result.details
+    assert (d["instnorm"]["matched"], d["instnorm"]["affine_folded"]) == (64, 68)
+    assert (d["snake"]["rewritten"], d["snake"]["in_norm"], d["snake"]["into_conv"]) == (48, 48, 48)
+    assert d["conv2d"]["rewritten"] == 89
+    counts = op_counts(result.model)
+    assert "Pow" not in counts or counts["Pow"] == 2  # only the two non-Snake Pows remain
+    check = compare_models(path, result.model, phonemes=REFERENCE_PHONEMES[:1])
+    assert check["same_lengths"] and check["max_logmel_distance"] < NOISE_FLOOR_LOGMEL
