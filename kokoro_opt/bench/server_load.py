@@ -122,7 +122,10 @@ async def _drive(
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency)
+    # A new connection per request: a kept-alive one that the server closed while a client
+    # waited (uvicorn closes idle connections after 5 s) would fail the next request for a
+    # reason that has nothing to do with the server under test.
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=0)
     rng = random.Random(seed)
     counter = itertools.count()
     results: list[RequestResult] = []
