@@ -122,9 +122,12 @@ def test_bad_paths(
 
 
 @pytest.mark.real
-def test_real_int8_export_optimizes_within_noise(
+def test_real_int8_export_optimizes(
     real_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """On a dynamic-INT8 model the rewrites change the activations that get quantized at run
+    time, so durations and audio move by about as much as the export differs from FP32 (0.25
+    vs 0.28 log-mel): real speech, not float noise, and the command says so."""
     out = tmp_path / "int8-opt.onnx"
     res = run_cli(
         [
@@ -141,7 +144,11 @@ def test_real_int8_export_optimizes_within_noise(
     manifest = json.loads(res.stdout)
     assert manifest["details"]["nodes_after"] < manifest["details"]["nodes_before"]
     assert manifest["details"]["stages"]["rewrites"]["instnorm"]["matched"] > 0
-    assert manifest["audio_check"]["same_lengths"]
+    check = manifest["audio_check"]
+    assert check["nonfinite"] == 0
+    assert check["max_logmel_distance"] < 0.4
+    assert check["within_noise"] is False
+    assert any("dynamic INT8" in w for w in manifest["details"]["warnings"])
 
 
 def test_for_quantization_keeps_standard_ops_and_matmuls(
