@@ -11,11 +11,14 @@ import sys
 
 import typer
 
+from kokoro_opt.cli import bench as bench_cli
 from kokoro_opt.cli import coreml as coreml_cli
+from kokoro_opt.cli import eval as eval_cli
 from kokoro_opt.cli import gate as gate_cli
 from kokoro_opt.cli import int4 as int4_cli
 from kokoro_opt.cli import model as model_cli
 from kokoro_opt.cli import optimize as optimize_cli
+from kokoro_opt.cli import quantize as quantize_cli
 from kokoro_opt.cli import report as report_cli
 from kokoro_opt.cli import serve as serve_cli
 from kokoro_opt.cli import shapes as shapes_cli
@@ -38,7 +41,10 @@ serve_cli.register(app)
 gate_cli.register(app)
 report_cli.register(app)
 optimize_cli.register(app)
+quantize_cli.register(app)
 shapes_cli.register(app)
+bench_cli.register(app)
+eval_cli.register(app)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Shared plumbing for the commands that write models: output checks, progress, manifests.
 
-Used by `optimize` and `shapes`; kept free of heavy imports so `kokoro-opt --help` stays fast.
+Used by `optimize`, `shapes` and `quantize`; kept free of heavy imports so `kokoro-opt --help`
+stays fast.
 """
 
 from __future__ import annotations
@@ -82,11 +83,12 @@ def progress_bar() -> Iterator[Any]:
         yield report
 
 
-def versions() -> dict[str, str]:
+def versions(packages: tuple[str, ...] = MANIFEST_PACKAGES) -> dict[str, str]:
+    """Installed versions of `packages` (for manifests)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in MANIFEST_PACKAGES:
+    for name in packages:
         try:
             found[name] = version(name)
         except PackageNotFoundError:

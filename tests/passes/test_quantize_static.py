@@ -1,0 +1,168 @@
+"""Static INT8 pass on the synthetic Kokoro-shaped model: selection, QDQ layout, ranges, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from kokoro_opt.calib.feeds import corpus_feeds
+from kokoro_opt.errors import CorpusError, ModelFormatError, UserInputError
+from kokoro_opt.passes.base import PassContext
+from kokoro_opt.passes.quantize_static import (
+    build_config,
+    central_range,
+    int8_weights,
+    run,
+    select_nodes,
+)
+from kokoro_opt.runtime.contract import ModelContract
+
+GEN = "/decoder/decoder/generator"
+
+
+@pytest.fixture(scope="module")
+def fp32(synthetic_fp32: Path) -> onnx.ModelProto:
+    return onnx.load(str(synthetic_fp32))
+
+
+def _run(
+    model: onnx.ModelProto, tmp_path: Path, **settings: object
+) -> tuple[onnx.ModelProto, dict]:
+    config = build_config({"samples": 4, **settings})
+    result = run(model, config, PassContext(work_dir=tmp_path, threads=1))
+    return result.model, result.details
+
+
+def _weight_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Node name -> the scale of the DequantizeLinear that feeds its weight."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales = {}
+    for node in model.graph.node:
+        dq = producers.get(node.input[1]) if len(node.input) > 1 else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            scales[node.name] = inits[dq.input[1]]
+    return scales
+
+
+def _audio(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [sess.run(None, f)[0] for f in feeds]
+
+
+def test_default_selection_quantizes_the_generator_blocks(
+    fp32: onnx.ModelProto, tmp_path: Path
+) -> None:
+    model, details = _run(fp32, tmp_path)
+    scales = _weight_scales(model)
+    assert set(scales) == {f"{GEN}/noise_convs.0/Conv", f"{GEN}/resblocks.0/convs1.0/Conv"}
+    assert details["quantized"] == {"Conv": 2}
+    assert f"{GEN}/conv_post/Conv" in details["excluded"]
+    assert details["calibration"]["samples"] == 4
+    assert details["bytes_after"] > 0 and details["timings"]["total_s"] > 0
+    # The input model is untouched, and the result still speaks: finite, same lengths.
+    assert not any(n.op_type == "QuantizeLinear" for n in fp32.graph.node)
+    _, feeds = corpus_feeds(["Hello there, my friend."], ModelContract.from_onnx(fp32), count=2)
+    for a, b in zip(_audio(fp32, feeds), _audio(model, feeds), strict=True):
+        assert a.shape == b.shape and np.isfinite(b).all()
+        assert np.abs(a - b).max() < 0.5 * np.abs(a).max() + 1e-3
+
+
+def test_per_channel_vs_per_tensor_scales(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    name = f"{GEN}/resblocks.0/convs1.0/Conv"
+    out_channels = next(
+        numpy_helper.to_array(t).shape[0]
+        for t in fp32.graph.initializer
+        if t.name == next(n.input[1] for n in fp32.graph.node if n.name == name)
+    )
+    per_channel, _ = _run(fp32, tmp_path / "pc", per_channel=True, method="minmax")
+    per_tensor, _ = _run(fp32, tmp_path / "pt", per_channel=False, method="minmax")
+    assert _weight_scales(per_channel)[name].shape == (out_channels,)
+    assert _weight_scales(per_tensor)[name].size == 1
+
+
+def test_all_nodes_and_patterns(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    model, details = _run(
+        fp32, tmp_path, include=[], exclude=["*/conv_post/*", "re:attention"], ops="Conv,MatMul"
+    )
+    quantized = set(_weight_scales(model))
+    assert f"{GEN}/conv_post/Conv" not in quantized
+    assert f"{GEN}/conv_pre/Conv" in quantized
+    assert "/predictor/style_proj/MatMul" in quantized
+    assert not any("attention" in n for n in quantized)
+    assert details["quantized"]["MatMul"] >= 1
+    selection = select_nodes(fp32, build_config({"exclude": ["*/nothing_here/*"]}))
+    assert "*/nothing_here/*" in selection["unmatched"]
+
+
+def test_weight_only_rest_stores_int8_and_keeps_compute_float(fp32: onnx.ModelProto) -> None:
+    small, counts = int8_weights(fp32, min_elements=16)
+    assert counts.get("Conv", 0) >= 1 and counts.get("LSTM", 0) == 1
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in small.graph.initializer)
+    _, feeds = corpus_feeds(["Quick test."], ModelContract.from_onnx(fp32), count=1)
+    a, b = _audio(fp32, feeds)[0], _audio(small, feeds)[0]
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max() + 1e-4
+    # Weights under the threshold stay float (their scales would cost what they save).
+    assert int8_weights(fp32, min_elements=10**9)[1] == {}
+
+
+def test_central_range_cuts_each_tail() -> None:
+    counts = np.zeros(100, np.int64)
+    counts[10:90] = 100
+    counts[0] = 1  # one outlier low
+    counts[99] = 1  # one outlier high
+    low, high = central_range(counts, -1.0, 9.0, 99.9)
+    assert low == pytest.approx(-1.0 + 0.1 * 10 * 1.0, abs=0.2) or low == 0.0
+    assert 7.5 < high < 8.2
+    assert central_range(np.zeros(8, np.int64), 1.0, 2.0, 99.0) == (0.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"ops": "Conv,Foo"}, "unknown op type 'Foo'"),
+        ({"ops": "LSTM"}, "cannot be quantized statically"),
+        ({"exclude": ["re:(unclosed"]}, "not a valid regular expression"),
+        ({"calib": "heldout"}, "held out"),
+        ({"percentile": 50.0}, "at least 90"),
+        ({"activations": "int8", "weights": "uint8"}, "not supported"),
+        ({"method": "magic"}, "method"),
+        ({"samples": 0}, "samples"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(settings: dict, message: str) -> None:
+    with pytest.raises(UserInputError, match=message) as info:
+        build_config(settings)
+    assert "\n" not in str(info.value)
+
+
+def test_refuses_an_already_quantized_model(synthetic_int8: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="already quantized"):
+        _run(onnx.load(str(synthetic_int8)), tmp_path)
+
+
+def test_bad_corpora(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="does not exist"):
+        _run(fp32, tmp_path, calib=str(tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", "utf-8")
+    with pytest.raises(CorpusError):
+        _run(fp32, tmp_path, calib=str(empty))
+    silent = tmp_path / "silent.txt"
+    silent.write_text("...\n!!!\n", "utf-8")
+    with pytest.raises(CorpusError, match="no usable sentences"):
+        _run(fp32, tmp_path, calib=str(silent))
+
+
+def test_nothing_to_quantize(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="Nothing to quantize"):
+        _run(fp32, tmp_path, include=["*/no_such_layer/*"])
