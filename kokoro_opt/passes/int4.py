@@ -784,7 +784,8 @@ def _count_text(counts: dict[str, int]) -> str:
 
 @contextlib.contextmanager
 def _quiet_ort() -> Iterator[None]:
-    """onnxruntime's n-bit quantizer logs every node at INFO and may print; keep it quiet."""
+    """onnxruntime's n-bit quantizer logs every node at INFO, may print and warns about
+    numpy divisions; keep it quiet."""
     names = [
         "onnxruntime.quantization.matmul_nbits_quantizer",
         "onnxruntime.quantization",
@@ -796,7 +797,8 @@ def _quiet_ort() -> Iterator[None]:
         lg.setLevel(logging.ERROR)
     buffer = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buffer):
+        # Its RTN divides by the scale of all-zero blocks before masking them (harmless).
+        with contextlib.redirect_stdout(buffer), np.errstate(divide="ignore", invalid="ignore"):
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):

@@ -218,7 +218,9 @@ def build_variants(
         if config.algo.value == "gptq":
             key = _calib_key(settings_json)
             if key not in calibrations:
+                t0 = time.perf_counter()
                 calibrations[key] = calibrate(model, config, ctx)
+                calibrations[key].info["calibrate_s"] = round(time.perf_counter() - t0, 1)
             calibration = calibrations[key]
         start = time.perf_counter()
         result = run(model, config, ctx, calibration=calibration)
