@@ -65,3 +65,7 @@ class SchemaVersionError(ReportError):
 
 class GateRulesError(UserInputError):
     """A gate rules file (gates.yaml) that is malformed or names unknown metrics or rule kinds."""
+
+
+class RecipeError(UserInputError):
+    """A recipe file that is malformed, names an unknown step or option, or cannot run."""

@@ -19,7 +19,9 @@ from kokoro_opt.cli import int4 as int4_cli
 from kokoro_opt.cli import model as model_cli
 from kokoro_opt.cli import optimize as optimize_cli
 from kokoro_opt.cli import quantize as quantize_cli
+from kokoro_opt.cli import recipes as recipes_cli
 from kokoro_opt.cli import report as report_cli
+from kokoro_opt.cli import run as run_cli
 from kokoro_opt.cli import serve as serve_cli
 from kokoro_opt.cli import shapes as shapes_cli
 from kokoro_opt.cli import speak as speak_cli
@@ -45,6 +47,8 @@ quantize_cli.register(app)
 shapes_cli.register(app)
 bench_cli.register(app)
 eval_cli.register(app)
+run_cli.register(app)
+recipes_cli.register(app)
 
 
 def main() -> None:

@@ -1,1 +1,0 @@
-"""Runs a recipe's steps with a content-hash cache and provenance."""

@@ -1,0 +1,124 @@
+"""Writing artifacts: run a pass on a model file and save the result with its manifest.
+
+`apply_pass` is what a model step of a recipe does, and what `kokoro-opt <pass>` commands do
+around the same `run(model, config, ctx)`: load the model, run the pass, save the result
+atomically and write `<out>.json` beside it (input sha256, every setting, package versions,
+elapsed time, the pass's details). File helpers here write through a temp file in the target
+folder and `os.replace`, so an interrupted write leaves the old file or none, never a part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel
+
+from kokoro_opt.passes.base import PassContext
+
+MANIFEST_PACKAGES = (
+    "kokoro-opt",
+    "onnx",
+    "onnxruntime",
+    "onnxsim",
+    "numpy",
+    "pydantic",
+    "misaki",
+    "faster-whisper",
+)
+
+
+def apply_pass(
+    module: ModuleType,
+    config: BaseModel,
+    source: Path,
+    output: Path,
+    *,
+    ctx: PassContext,
+    command: str,
+    source_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Run `module.run` on the model at `source`; write `output` and `output.json` atomically.
+
+    Returns the manifest (also written beside the model). File paths in it are as given.
+    """
+    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
+
+    start = time.perf_counter()
+    model = load_model(source)
+    input_sha = source_sha256 or sha256_file(source)
+    result = module.run(model, config, ctx)
+    del model
+    save_model_atomic(result.model, output)
+    elapsed = time.perf_counter() - start
+    manifest: dict[str, Any] = {
+        "command": command,
+        "input": str(source),
+        "input_sha256": input_sha,
+        "input_bytes": source.stat().st_size,
+        "output": str(output),
+        "output_sha256": sha256_file(output),
+        "output_bytes": output.stat().st_size,
+        "settings": config.model_dump(mode="json"),
+        "versions": versions(),
+        "elapsed_s": round(elapsed, 3),
+        "details": result.details,
+    }
+    write_json_atomic(output.with_name(output.name + ".json"), manifest)
+    return manifest
+
+
+def versions(packages: tuple[str, ...] = MANIFEST_PACKAGES) -> dict[str, str]:
+    """Installed versions of `packages` (from package metadata; nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write `data` as indented JSON via a temp file in the same folder and os.replace."""
+    from kokoro_opt.report.files import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    """Put `src`'s content at `dst` atomically: a hard link when possible, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def link_tree(src: Path, dst: Path) -> list[Path]:
+    """`link_or_copy` every file under `src` to the same place under `dst`."""
+    made = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        made.append(link_or_copy(path, dst / path.relative_to(src)))
+    return made
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
