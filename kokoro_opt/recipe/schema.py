@@ -430,7 +430,10 @@ def _validation_error(
         msg = "missing required key"
     else:
         msg = _clean(str(err["msg"]))
-        if "input" in err and err["type"].endswith(("_type", "_parsing")):
+        if isinstance(err.get("input"), bool) and not err["type"].startswith("bool"):
+            word = "true" if err["input"] else "false"
+            msg += f" (YAML read the value as {word}: quote words such as 'on', 'off', 'yes')"
+        elif "input" in err and err["type"].endswith(("_type", "_parsing")):
             msg += f" (got {type(err['input']).__name__} {err['input']!r})"
     more = len(errors) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
