@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -177,34 +176,16 @@ def int4(
     )
     out = _check_output(output, model_path)
 
-    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
+    from kokoro_opt.passes import int4 as int4_pass
     from kokoro_opt.passes.base import PassContext
-    from kokoro_opt.passes.int4 import run
+    from kokoro_opt.recipe.artifacts import apply_pass
 
-    start = time.perf_counter()
-    with err_console.status(f"Loading {model_path.name} ..."):
-        source = load_model(model_path)
-        input_sha = sha256_file(model_path)
     with _progress() as report:
         ctx = PassContext(work_dir=out.parent, progress=report, threads=threads)
-        result = run(source, config, ctx)
-    save_model_atomic(result.model, out)
-    elapsed = time.perf_counter() - start
-    details = result.details
-    manifest = {
-        "command": "int4",
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "input_bytes": model_path.stat().st_size,
-        "settings": config.model_dump(mode="json"),
-        "versions": _versions(),
-        "elapsed_s": round(elapsed, 3),
-        "details": details,
-    }
-    _write_json_atomic(out.with_name(out.name + ".json"), manifest)
+        manifest = apply_pass(
+            int4_pass, config, model_path, out, ctx=ctx, command="int4", packages=_MANIFEST_PACKAGES
+        )
+    details = manifest["details"]
     for pattern in details["unmatched_patterns"]:
         err_console.print(f"[yellow]warning:[/] exclude pattern {pattern!r} matched no node")
     if json_output:
@@ -427,27 +408,3 @@ def _render(manifest: dict[str, Any], model_path: Path) -> None:
     summary.add_row("Time", f"{manifest['elapsed_s']:.1f} s")
     summary.add_row("Wrote", f"{manifest['output']} and {Path(manifest['output']).name}.json")
     console.print(summary)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in _MANIFEST_PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

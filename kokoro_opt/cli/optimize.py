@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from kokoro_opt.cli._artifacts import (
+    MANIFEST_PACKAGES,
     check_output_file,
     mb,
     progress_bar,
-    versions,
     write_json_atomic,
 )
 from kokoro_opt.cli.console import console, err_console
@@ -106,10 +105,10 @@ def optimize(
 ) -> None:
     """Optimize MODEL's graph and show what changed: op counts, size, latency and audio."""
     from kokoro_opt.errors import UserInputError
-    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
     from kokoro_opt.passes import optimize as chain
     from kokoro_opt.passes import rewrites
     from kokoro_opt.passes.base import PassContext
+    from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.store import resolve_model
 
     if level is None:
@@ -140,35 +139,16 @@ def optimize(
     model_path = resolve_model(model)
     out = check_output_file(output, model_path)
 
-    start = time.perf_counter()
-    with err_console.status(f"Loading {model_path.name} ..."):
-        source = load_model(model_path)
-        input_sha = sha256_file(model_path)
     with progress_bar() as report, tempfile.TemporaryDirectory(prefix="kokoro-opt-opt-") as tmp:
         ctx = PassContext(work_dir=Path(tmp), progress=report, threads=threads)
-        result = chain.run(source, config, ctx)
-        save_model_atomic(result.model, out)
-        elapsed = time.perf_counter() - start
-        audio = _check(model_path, out, threads, report) if check else None
-        latency = _measure(model_path, out, runs, threads, report) if measure else None
-    manifest: dict[str, Any] = {
-        "command": "optimize",
-        "for_quantization": for_quantization,
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "input_bytes": model_path.stat().st_size,
-        "settings": config.model_dump(mode="json"),
-        "versions": versions(),
-        "elapsed_s": round(elapsed, 3),
-        "audio_check": audio,
-        "latency": latency,
-        "details": result.details,
-    }
+        manifest: dict[str, Any] = apply_pass(
+            chain, config, model_path, out, ctx=ctx, command="optimize", packages=MANIFEST_PACKAGES
+        )
+        manifest["for_quantization"] = for_quantization
+        manifest["audio_check"] = _check(model_path, out, threads, report) if check else None
+        manifest["latency"] = _measure(model_path, out, runs, threads, report) if measure else None
     write_json_atomic(out.with_name(out.name + ".json"), manifest)
-    for warning in result.details["warnings"]:
+    for warning in manifest["details"]["warnings"]:
         err_console.print(f"[yellow]warning:[/] {warning}")
     if json_output:
         console.print_json(json.dumps(manifest, default=str))

@@ -43,10 +43,13 @@ def apply_pass(
     ctx: PassContext,
     command: str,
     source_sha256: str | None = None,
+    packages: tuple[str, ...] = MANIFEST_PACKAGES,
 ) -> dict[str, Any]:
     """Run `module.run` on the model at `source`; write `output` and `output.json` atomically.
 
-    Returns the manifest (also written beside the model). File paths in it are as given.
+    Returns the manifest (also written beside the model): command, input and output paths,
+    sha256 and sizes, the settings, the versions of `packages`, elapsed seconds and the pass's
+    details. File paths in it are as given.
     """
     from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
 
@@ -66,7 +69,7 @@ def apply_pass(
         "output_sha256": sha256_file(output),
         "output_bytes": output.stat().st_size,
         "settings": config.model_dump(mode="json"),
-        "versions": versions(),
+        "versions": versions(packages),
         "elapsed_s": round(elapsed, 3),
         "details": result.details,
     }

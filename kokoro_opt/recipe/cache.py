@@ -125,8 +125,13 @@ class StepCache:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def commit(self, staging: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
-        """Record the staged files and move the folder into place (atomic rename)."""
+    def commit(
+        self, staging: Path, key: str, entry: dict[str, Any], *, replace: bool = False
+    ) -> dict[str, Any]:
+        """Record the staged files and move the folder into place (atomic rename).
+
+        An intact entry already there (a concurrent run) is kept unless `replace` (--force:
+        the fresh result, e.g. a new measurement, wins)."""
         from kokoro_opt.graph.io import sha256_file
         from kokoro_opt.recipe.artifacts import write_json_atomic
 
@@ -141,9 +146,11 @@ class StepCache:
         final = self.entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # a stale or concurrent entry: replace a damaged one, keep a good one
-            if self.lookup(key) is not None:
+            if not replace and self.lookup(key) is not None:
                 return {**json.loads((final / ENTRY_FILE).read_text()), "folder": str(final)}
-            shutil.rmtree(final, ignore_errors=True)
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(staging, final)
         except OSError:

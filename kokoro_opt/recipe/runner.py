@@ -236,7 +236,7 @@ class _Run:
                     "material": material,
                 }
                 if kind.cached and key is not None:
-                    entry = self.cache.commit(staging, key, entry)
+                    entry = self.cache.commit(staging, key, entry, replace=self.force)
                     files = Path(entry["folder"]) / FILES_DIR
                     link_tree(files, self.run_dir / step.id)
                 else:

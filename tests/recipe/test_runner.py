@@ -108,9 +108,16 @@ def test_second_run_skips_unchanged_steps_and_force_reruns(
     assert _statuses(third) == ["cached", "ran"]
     assert third.steps[1].key != first.steps[1].key
 
+    key = third.steps[1].key
+    assert key is not None
+    entry = cache_root() / key[:2] / key / "entry.json"
+    before = json.loads(entry.read_text())["created"]
     forced = _run(path, tmp_path, force=True)
     assert _statuses(forced) == ["ran", "ran"]
     assert [r.key for r in forced.steps] == [r.key for r in third.steps]
+    # the fresh result replaces the cached one (a re-measured bench must not be thrown away)
+    assert json.loads(entry.read_text())["created"] != before
+    assert _statuses(_run(path, tmp_path)) == ["cached", "cached"]
 
 
 def test_changed_input_model_misses_the_cache(
