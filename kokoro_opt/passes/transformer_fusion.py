@@ -14,6 +14,8 @@ pass returns its input unchanged and says why in `details["skipped"]`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from typing import Any
 
@@ -86,16 +88,18 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     levels = [lg.level for lg in noisy]
     for lg in noisy:
         lg.setLevel(logging.ERROR)
+    printed = io.StringIO()  # it also prints (e.g. "failed in shape inference") to stdout
     try:
-        optimized = optimize_model(
-            work,
-            model_type="bert",
-            num_heads=config.num_heads,
-            hidden_size=config.hidden_size,
-            optimization_options=options,
-            opt_level=0,
-            only_onnxruntime=False,
-        ).model
+        with contextlib.redirect_stdout(printed):
+            optimized = optimize_model(
+                work,
+                model_type="bert",
+                num_heads=config.num_heads,
+                hidden_size=config.hidden_size,
+                optimization_options=options,
+                opt_level=0,
+                only_onnxruntime=False,
+            ).model
     except Exception as exc:  # fusion code raises assorted errors on graphs it does not expect
         reason = _first_line(exc)
         logger.info("transformer fusion skipped: %s", reason)
@@ -103,6 +107,8 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
         details["nodes_after"] = details["nodes_before"]
         return PassResult(clone(model), details)
     finally:
+        if printed.getvalue().strip():
+            logger.debug("onnxruntime.transformers: %s", printed.getvalue().strip()[-2000:])
         for lg, level in zip(noisy, levels, strict=True):
             lg.setLevel(level)
         ctx.report("transformer fusions", 1, 1)

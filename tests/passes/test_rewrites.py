@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import helper
 
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.graph.edit import op_counts
@@ -130,6 +131,58 @@ def test_conv2d_lifts_every_1d_conv(synthetic_fp32: Path) -> None:
     assert all(len(inits[c.input[1]].dims) == 4 for c in convs)
     feeds = synthetic_feeds(24)
     np.testing.assert_allclose(run(result.model, feeds)[0], run(model, feeds)[0], atol=1e-5)
+
+
+def test_conv2d_nothing_to_rewrite() -> None:
+    model, feeds = plain_model()
+    result = rewrite_conv2d.run(model, rewrite_conv2d.Config(), PassContext())
+    assert (result.details["conv1d_found"], result.details["rewritten"]) == (0, 0)
+    assert op_counts(result.model) == op_counts(model)
+
+
+def test_conv2d_leaves_unsupported_convs_alone() -> None:
+    """A 2-D conv (4-D weight) is not a 1-D one, and a conv whose weight is a graph input cannot
+    be lifted offline: both stay as they were, with the same numbers."""
+    rng = np.random.default_rng(0)
+    w2 = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["img", "w2"], ["y2"], name="c2d", kernel_shape=[3, 3]),
+        helper.make_node("Conv", ["seq", "wdyn"], ["y1"], name="c1d_dyn", kernel_shape=[3]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [
+            helper.make_tensor_value_info("img", onnx.TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("seq", onnx.TensorProto.FLOAT, [1, 3, 16]),
+            helper.make_tensor_value_info("wdyn", onnx.TensorProto.FLOAT, [4, 3, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("y1", onnx.TensorProto.FLOAT, None),
+        ],
+        initializer=[onnx.numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    result = rewrite_conv2d.run(model, rewrite_conv2d.Config(), PassContext())
+    assert result.details["rewritten"] == 0
+    assert result.details["skipped"] == {"weights are not constant": 1}
+    assert op_counts(result.model) == {"Conv": 2}
+    feeds = {
+        "img": rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
+        "seq": rng.standard_normal((1, 3, 16)).astype(np.float32),
+        "wdyn": rng.standard_normal((4, 3, 3)).astype(np.float32),
+    }
+    for got, want in zip(run(result.model, feeds), run(model, feeds), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_instnorm_nothing_to_match() -> None:
+    model, _ = plain_model()
+    result = rewrite_instnorm.run(model, rewrite_instnorm.Config(), PassContext())
+    assert result.details["matched"] == 0
+    assert op_counts(result.model) == op_counts(model)
 
 
 def test_registry_parsing() -> None:
