@@ -14,10 +14,12 @@ import typer
 from kokoro_opt.cli import bench as bench_cli
 from kokoro_opt.cli import coreml as coreml_cli
 from kokoro_opt.cli import eval as eval_cli
+from kokoro_opt.cli import fp16 as fp16_cli
 from kokoro_opt.cli import gate as gate_cli
 from kokoro_opt.cli import int4 as int4_cli
 from kokoro_opt.cli import model as model_cli
 from kokoro_opt.cli import optimize as optimize_cli
+from kokoro_opt.cli import pin as pin_cli
 from kokoro_opt.cli import quantize as quantize_cli
 from kokoro_opt.cli import recipes as recipes_cli
 from kokoro_opt.cli import report as report_cli
@@ -45,6 +47,8 @@ report_cli.register(app)
 optimize_cli.register(app)
 quantize_cli.register(app)
 shapes_cli.register(app)
+pin_cli.register(app)
+fp16_cli.register(app)
 bench_cli.register(app)
 eval_cli.register(app)
 run_cli.register(app)

@@ -1,0 +1,143 @@
+"""Pinning analysis and search on the synthetic Kokoro-shaped model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from kokoro_opt.errors import UserInputError
+from kokoro_opt.passes import pin
+from kokoro_opt.trials import pin as trial
+
+
+@pytest.fixture(scope="module")
+def prepared(synthetic_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> trial.Prepared:
+    return trial.prepare(
+        synthetic_fp32,
+        pin.build_config({"samples": 4}),
+        cache_folder=tmp_path_factory.mktemp("pin-cache"),
+        threads=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def analysis(prepared: trial.Prepared) -> dict:
+    return trial.analyze(prepared, sentences=2, all_but=True)
+
+
+def test_analysis_ranks_every_group_with_its_evidence(
+    prepared: trial.Prepared, analysis: dict
+) -> None:
+    rows = analysis["groups"]
+    assert [r["group"] for r in rows] and {r["group"] for r in rows} == set(prepared.groups)
+    alone = [r["logmel_alone"] for r in rows]
+    assert alone == sorted(alone, reverse=True)  # most sensitive first
+    assert all(math.isfinite(v) and v >= 0 for v in alone)
+    assert max(alone) > 0.01  # quantizing something does change the audio
+    for row in rows:
+        assert 0 <= row["time_share"] <= 1
+        assert row["nodes"] == len(prepared.groups[row["group"]])
+        assert row["logmel_all_but"] is not None and len(row["per_sentence"]) == 2
+        assert row["weight_sqnr_db"] is not None and row["weight_sqnr_db"] > 10
+        assert row["activation_sqnr_db"] is not None and row["activation_sqnr_db"] > 10
+        assert row["sensitivity_per_time"] == pytest.approx(
+            row["logmel_alone"] / max(row["time_share"], 1e-4), rel=1e-3
+        )
+    assert 0 < sum(r["time_share"] for r in rows) <= 1.0 + 1e-9
+    # Everything quantized is at least as far from FP32 as the worst single group.
+    assert analysis["all_quantized_logmel"] >= max(alone) * 0.8
+    assert analysis["sentences"] == 2 and not analysis["calibration"]["reused"]
+
+
+def test_search_meets_a_budget_between_fp32_and_full_int8(
+    prepared: trial.Prepared, analysis: dict, tmp_path: Path
+) -> None:
+    limit = analysis["all_quantized_logmel"] * 0.6
+    result = trial.search(
+        prepared, trial.Budget(max_logmel=limit), sentences=2, timing_runs=1, out_dir=tmp_path
+    )
+    steps = result["steps"]
+    assert steps[0]["action"] == "quantize every group" and not steps[0]["meets"]
+    chosen = next(s for s in steps if s["name"] == result["chosen"])
+    assert chosen["meets"] and chosen["logmel"] <= limit
+    assert chosen["pinned"] == result["pinned"] and result["pinned"]
+    # The greedy phase pins one group per step until the budget holds, in the given order.
+    first_ok = next(i for i, s in enumerate(steps) if s["meets"])
+    for i in range(1, first_ok + 1):
+        assert len(steps[i]["pinned"]) == i and steps[i]["action"].startswith("pin ")
+    assert all(not s["meets"] for s in steps[:first_ok])
+    # Then every pinned group is tried un-pinned once.
+    unpins = [s for s in steps[first_ok + 1 :] if s["action"].startswith("un-pin ")]
+    assert len(unpins) == len(steps[first_ok]["pinned"])
+    assert (tmp_path / "pinned.onnx").is_file() and not (tmp_path / ".work").exists()
+    assert result["final_speed"]["speedup"] > 0
+    paths = trial.write_search_report(result, prepared, tmp_path, command=["test"])
+    assert "Pinning search" in paths["report.md"].read_text()
+
+
+def test_search_stops_when_the_budget_already_holds(
+    prepared: trial.Prepared, analysis: dict, tmp_path: Path
+) -> None:
+    result = trial.search(
+        prepared, trial.Budget(max_logmel=50.0), sentences=1, timing_runs=1, out_dir=tmp_path
+    )
+    assert [s["name"] for s in result["steps"]] == ["s00"]
+    assert result["chosen"] == "s00" and result["pinned"] == []
+
+
+def test_search_gives_up_after_max_steps(
+    prepared: trial.Prepared, analysis: dict, tmp_path: Path
+) -> None:
+    result = trial.search(
+        prepared,
+        trial.Budget(max_logmel=1e-9),
+        sentences=1,
+        timing_runs=1,
+        max_steps=2,
+        out_dir=tmp_path,
+    )
+    assert len(result["steps"]) == 2 and result["chosen"] is None
+    assert not (tmp_path / "pinned.onnx").exists()
+    paths = trial.write_search_report(result, prepared, tmp_path, command=["test"])
+    assert "No step met the budget" in paths["report.md"].read_text()
+
+
+def test_wer_budget_uses_the_asr(prepared: trial.Prepared, tmp_path: Path) -> None:
+    result = trial.search(
+        prepared,
+        trial.Budget(max_wer_increase=100.0),
+        sentences=1,
+        timing_runs=1,
+        order=list(prepared.groups),
+        shares={g: 0.1 for g in prepared.groups},
+        out_dir=tmp_path,
+    )
+    assert result["fp32_wer"] is not None and result["steps"][0]["wer"] is not None
+    assert result["chosen"] == "s00"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("wer=abc", "Cannot read budget part"),
+        ("speed=2", "Cannot read budget part"),
+        ("wer", "Cannot read budget part"),
+        ("", "No quality budget"),
+        ("logmel=-1", "positive log-mel distance"),
+        ("wer=+200", "percentage points"),
+    ],
+)
+def test_budget_validation(text: str, message: str) -> None:
+    with pytest.raises(UserInputError, match=message):
+        trial.parse_budget(text)
+
+
+def test_budget_parsing() -> None:
+    budget = trial.parse_budget("wer=+0.5, logmel=0.28")
+    assert budget == trial.Budget(max_wer_increase=0.5, max_logmel=0.28)
+    assert trial._meets(budget, 0.2, 0.065, 0.062)
+    assert not trial._meets(budget, 0.2, 0.075, 0.062)
+    assert not trial._meets(budget, 0.3, 0.062, 0.062)
+    assert not trial._meets(budget, math.inf, 0.062, 0.062)
