@@ -283,6 +283,13 @@ def search(
         float | None,
         typer.Option(help="Largest mean log-mel distance to FP32 allowed (such as 0.28)."),
     ] = None,
+    max_logmel_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Set the log-mel limit to this model's distance to FP32 on the same sentences "
+            "(such as kokoro-int8-export: 'no worse than the export')."
+        ),
+    ] = None,
     budget: Annotated[
         str | None,
         typer.Option(help="Both limits in one: 'wer=+0.5,logmel=0.28' (either part optional)."),
@@ -326,7 +333,16 @@ def search(
         )
     if limits is None:
         limits = trial.Budget(max_wer_increase=max_wer_increase, max_logmel=max_logmel)
-    limits.check()
+    logmel_of = None
+    if max_logmel_of is not None:
+        if limits.max_logmel is not None:
+            raise UserInputError(
+                "Give the log-mel limit either as a number (--max-logmel, --budget logmel=) or "
+                "as --max-logmel-of MODEL, not both."
+            )
+        logmel_of = _resolve(max_logmel_of)
+    else:
+        limits.check()
     if timing_runs < 1 or max_steps < 1:
         raise UserInputError("--timing-runs and --max-steps must be at least 1.")
     config = pin_pass.build_config({"depth": depth, "samples": samples, "method": method})
@@ -370,6 +386,7 @@ def search(
             analysis_sentences=analysis_sentences,
             timing_runs=timing_runs,
             max_steps=max_steps,
+            logmel_of=logmel_of,
             out_dir=out_dir,
             progress=report,
         )

@@ -585,13 +585,17 @@ def search(
     analysis_sentences: int = 4,
     timing_runs: int = 3,
     max_steps: int = 40,
+    logmel_of: Path | None = None,
     out_dir: Path,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Greedy pinning under `budget` (see the module docstring). Writes the chosen model to
     `out_dir/pinned.onnx`. `order` (groups, most worth pinning first) and `shares` default to
-    a sensitivity analysis on `analysis_sentences` sentences."""
-    budget.check()
+    a sensitivity analysis on `analysis_sentences` sentences. With `logmel_of` (another
+    model, such as the INT8 export) the log-mel limit is that model's distance to FP32 on the
+    same sentences."""
+    if logmel_of is None:
+        budget.check()
     report = progress or _no_progress
     start = time.perf_counter()
     analysis = None
@@ -618,6 +622,23 @@ def search(
         wer=budget.max_wer_increase is not None,
         progress=report,
     )
+    budget_model = None
+    if logmel_of is not None:
+        audio = speak(
+            logmel_of, held.feeds, prepared.contract, prepared.threads, report,
+            task="Speaking the budget's reference model",
+        )  # fmt: skip
+        dists = logmel_distances(audio, held.ref_audio)
+        budget = Budget(max_wer_increase=budget.max_wer_increase, max_logmel=_mean(dists))
+        budget_model = {
+            "path": str(logmel_of),
+            "logmel": _mean(dists),
+            "per_sentence": [round(d, 4) for d in dists],
+            "wer": None
+            if held.ref_transcripts is None
+            else word_error_rate(held.texts, transcribe_all(audio, prepared.threads)),
+        }
+        budget.check()
     timing = _timing_feeds(held)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: list[Step] = []
@@ -691,6 +712,7 @@ def search(
         "ranges": str(prepared.ranges_path),
         "ranges_sha256": _sha(prepared.ranges_path),
         "budget": asdict(budget),
+        "budget_model": budget_model,
         "budget_text": budget.describe(held.ref_wer),
         "sentences": len(held.texts),
         "texts": held.texts,

@@ -141,3 +141,21 @@ def test_budget_parsing() -> None:
     assert not trial._meets(budget, 0.2, 0.075, 0.062)
     assert not trial._meets(budget, 0.3, 0.062, 0.062)
     assert not trial._meets(budget, math.inf, 0.062, 0.062)
+
+
+def test_logmel_limit_from_another_model(prepared: trial.Prepared, tmp_path: Path) -> None:
+    other = trial.build_variant(prepared, ["generator/ups.0"], tmp_path / "other.onnx")
+    result = trial.search(
+        prepared,
+        trial.Budget(),
+        sentences=1,
+        timing_runs=1,
+        order=list(prepared.groups),
+        shares={g: 0.1 for g in prepared.groups},
+        logmel_of=other,
+        out_dir=tmp_path / "search",
+    )
+    limit = result["budget_model"]["logmel"]
+    assert limit > 0 and result["budget"]["max_logmel"] == limit
+    chosen = next(s for s in result["steps"] if s["name"] == result["chosen"])
+    assert chosen["logmel"] <= limit
