@@ -143,8 +143,13 @@ def int4(
     ] = False,
 ) -> None:
     """Quantize MODEL's weights to 4 bits, or run the INT4 trial with --trial."""
+    from kokoro_opt.errors import UserInputError
     from kokoro_opt.store import resolve_model
 
+    if threads is not None and threads < 1:
+        raise UserInputError(
+            f"--threads must be at least 1, got {threads}; leave it out for onnxruntime's default."
+        )
     model_path = resolve_model(model)
     if trial:
         _trial(
@@ -214,7 +219,7 @@ def _trial(
 
     from kokoro_opt.errors import UserInputError
     from kokoro_opt.store import resolve_model
-    from kokoro_opt.trials.int4 import TrialSettings, parse_variants, run_trial
+    from kokoro_opt.trials.int4 import TrialSettings, check_plan, parse_variants, run_trial
 
     out_dir = output.expanduser().absolute()
     if out_dir.exists() and not out_dir.is_dir():
@@ -229,6 +234,11 @@ def _trial(
             raise UserInputError(
                 f"--compare takes NAME=MODEL (such as int8=kokoro-int8-export), got {item!r}."
             )
+        if name.strip() in extra:
+            raise UserInputError(
+                f"--compare names must be unique; {name.strip()!r} is given twice. Name each "
+                "model once, such as int8=kokoro-int8-export."
+            )
         extra[name.strip()] = resolve_model(ref.strip())
     chosen = parse_variants(variants)
     settings = TrialSettings(
@@ -239,7 +249,7 @@ def _trial(
         wer=wer,
         compare=extra,
     )
-    settings.check()
+    check_plan(chosen, settings)
     with _progress() as report:
         result = run_trial(
             model_path,
@@ -347,6 +357,11 @@ def _progress() -> Any:
 
     @contextmanager
     def bar() -> Any:
+        if not err_console.is_terminal:
+            # Rich draws a non-terminal's bar once at the end, which leaves a stray line before
+            # an error; logs and pipes get no bar.
+            yield lambda task, completed, total: None
+            return
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

@@ -129,7 +129,27 @@ def parse_variants(names: Sequence[str] | None) -> tuple[Variant, ...]:
         raise UserInputError(
             f"Unknown trial variant(s): {', '.join(unknown)}. Known: {', '.join(known)}."
         )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserInputError(
+            f"Trial variant(s) listed more than once: {', '.join(twice)}. Name each variant once."
+        )
     return tuple(known[n] for n in names)
+
+
+def check_plan(variants: Sequence[Variant], settings: TrialSettings) -> None:
+    """Raise UserInputError for bad settings, repeated variant names, or extra models
+    (`settings.compare`) named like the reference or a variant (they would replace it)."""
+    settings.check()
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names) or REFERENCE in names:
+        raise UserInputError(f"Trial variant names must be unique and not '{REFERENCE}'.")
+    clash = sorted(set(settings.compare) & {REFERENCE, *names})
+    if clash:
+        raise UserInputError(
+            f"--compare name(s) {', '.join(clash)} clash with the reference or a variant; "
+            f"choose other names (the reference is '{REFERENCE}'), such as int8=kokoro-int8-export."
+        )
 
 
 def run_trial(
@@ -145,10 +165,7 @@ def run_trial(
 
     Returns {"report": Report, "recommendation": dict, "paths": {...}}."""
     settings = settings or TrialSettings()
-    settings.check()
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names) or REFERENCE in names:
-        raise UserInputError(f"Trial variant names must be unique and not '{REFERENCE}'.")
+    check_plan(variants, settings)
     report_progress = progress or (lambda task, done, total: None)
     out_dir = Path(out_dir)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
