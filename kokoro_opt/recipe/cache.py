@@ -47,25 +47,82 @@ def step_key(material: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=64)
 def code_fingerprint(parts: tuple[str, ...]) -> str:
-    """sha256 over kokoro_opt/<part> source and data files (and always kokoro_opt/recipe)."""
+    """sha256 over the kokoro-opt source a step runs: each module named in `parts` (dotted,
+    `kokoro_opt....`) with every kokoro_opt module it imports, directly or not (imports inside
+    functions included), plus data files or folders named by a path relative to kokoro_opt/
+    (`data/calibration`). Unrelated modules can change without invalidating the step."""
     digest = hashlib.sha256()
     files: set[Path] = set()
-    for part in ("recipe", *parts):
-        target = _PACKAGE / part
-        if target.is_file():
-            files.add(target)
-        elif target.is_dir():
-            files.update(
-                p
-                for p in target.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-            )
+    for part in parts:
+        if part.startswith("kokoro_opt."):
+            files.update(_module_closure(part))
+        else:
+            target = _PACKAGE / part
+            if target.is_file():
+                files.add(target)
+            elif target.is_dir():
+                files.update(
+                    p
+                    for p in target.rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+                )
     for path in sorted(files):
         digest.update(str(path.relative_to(_PACKAGE)).encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+_NOT_FOLLOWED = frozenset(
+    {"kokoro_opt.recipe.steps", "kokoro_opt.recipe.schema", "kokoro_opt.recipe.runner"}
+)
+"""The step registry and runner import every step lazily; following them would make each
+step depend on all of kokoro-opt. Their effect on outputs is through the modules named."""
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")[1:]
+    if not parts:
+        return _PACKAGE / "__init__.py"
+    rel = Path(*parts)
+    for candidate in (_PACKAGE / rel.with_suffix(".py"), _PACKAGE / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_closure(root: str) -> set[Path]:
+    import ast
+
+    seen: set[str] = set()
+    files: set[Path] = set()
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in _NOT_FOLLOWED or not name.startswith("kokoro_opt"):
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        if path is None:
+            continue
+        files.add(path)
+        parent = name.rpartition(".")[0]
+        if parent:
+            todo.append(parent)
+        package = name if path.name == "__init__.py" else parent
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                todo.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                todo.append(base)
+                todo.extend(f"{base}.{alias.name}" for alias in node.names)
+    return files
 
 
 def sha256_path(path: Path) -> str:

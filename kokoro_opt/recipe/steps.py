@@ -76,7 +76,8 @@ class StepKind:
     execute: str | Callable[[StepInput], StepOutput]
     """Dotted 'module:function' that runs the step (or the function itself)."""
     code: tuple[str, ...] = ()
-    """Parts of kokoro_opt whose source goes into the cache key (recipe/ always does)."""
+    """What goes into the cache key's code fingerprint: modules (with every kokoro_opt module
+    they import) and data paths under kokoro_opt/ (see `cache.code_fingerprint`)."""
     cached: bool = True
     needs_float: bool = False
     quantizes: bool = False
@@ -297,8 +298,14 @@ def run_gate(inp: StepInput) -> StepOutput:
 
 # --------------------------------------------------------------------------- the registry
 
-_MODEL_CODE = ("passes", "graph")
-_CALIB_CODE = ("passes", "graph", "calib", "runtime", "data/calibration")
+_ARTIFACTS = "kokoro_opt.recipe.artifacts"
+_RUNTIME_DATA = ("data/calibration", "data/vocab.json")
+
+
+def _code(*modules: str, data: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What a step's cache key fingerprints: its modules (with their imports) and data."""
+    return (*modules, _ARTIFACTS, *data)
+
 
 STEP_KINDS: dict[str, StepKind] = {
     kind.name: kind
@@ -319,7 +326,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt optimize",
             "kokoro_opt.passes.optimize:Config",
             run_optimize,
-            code=_MODEL_CODE,
+            code=_code("kokoro_opt.passes.optimize"),
         ),
         StepKind(
             "quantize",
@@ -328,7 +335,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt quantize",
             "kokoro_opt.passes.quantize_static:Config",
             run_quantize,
-            code=_CALIB_CODE,
+            code=_code("kokoro_opt.passes.quantize_static", data=_RUNTIME_DATA),
             needs_float=True,
             quantizes=True,
         ),
@@ -339,7 +346,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt pin",
             "kokoro_opt.passes.pin:Config",
             "kokoro_opt.recipe.steps:run_pin",
-            code=_CALIB_CODE,
+            code=_code("kokoro_opt.passes.pin", data=_RUNTIME_DATA),
             needs_float=True,
             quantizes=True,
         ),
@@ -350,7 +357,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt int4",
             "kokoro_opt.passes.int4:Config",
             run_int4,
-            code=_CALIB_CODE,
+            code=_code("kokoro_opt.passes.int4", data=_RUNTIME_DATA),
             needs_float=True,
             quantizes=True,
         ),
@@ -361,7 +368,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt fp16",
             "kokoro_opt.passes.fp16:Config",
             "kokoro_opt.recipe.steps:run_fp16",
-            code=_MODEL_CODE,
+            code=_code("kokoro_opt.passes.fp16"),
             needs_float=True,
             quantizes=True,
         ),
@@ -372,7 +379,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt shapes bind",
             ShapesOptions,
             run_shapes,
-            code=(*_MODEL_CODE, "runtime"),
+            code=_code("kokoro_opt.passes.static_shapes", "kokoro_opt.runtime.buckets"),
         ),
         StepKind(
             "eval",
@@ -381,7 +388,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt eval",
             "kokoro_opt.recipe.evidence:EvalOptions",
             "kokoro_opt.recipe.evidence:run_eval",
-            code=("bench", "quality", "runtime", "report", "data/calibration"),
+            code=_code("kokoro_opt.recipe.evidence", data=_RUNTIME_DATA),
             requires=("kokoro_opt.bench.evaluate", "kokoro_opt.bench.reports"),
         ),
         StepKind(
@@ -391,7 +398,7 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt bench",
             "kokoro_opt.recipe.evidence:BenchOptions",
             "kokoro_opt.recipe.evidence:run_bench",
-            code=("bench", "runtime", "report", "data/calibration"),
+            code=_code("kokoro_opt.recipe.evidence", data=_RUNTIME_DATA),
             requires=("kokoro_opt.bench.reports",),
         ),
         StepKind(

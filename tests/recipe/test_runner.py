@@ -318,3 +318,35 @@ def test_evidence_report_and_gate(
     assert manifest["gate_passed"] is False
     failed = manifest["steps"][-1]["summary"]["failed"]
     assert len(failed) == 1 and "size_bytes" in failed[0]["rule"]
+
+
+def test_code_fingerprint_follows_the_step_imports_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from kokoro_opt.recipe import cache
+    from kokoro_opt.recipe.steps import STEP_KINDS
+
+    package = tmp_path / "kokoro_opt"
+    shutil.copytree(cache._PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "_PACKAGE", package)
+    cache.code_fingerprint.cache_clear()
+    monkeypatch.setattr(cache, "code_fingerprint", cache.code_fingerprint.__wrapped__)
+    parts = STEP_KINDS["optimize"].code
+    before = cache.code_fingerprint(parts)
+    # a new, unrelated pass does not invalidate optimize results
+    (package / "passes" / "brand_new.py").write_text("X = 1\n")
+    assert cache.code_fingerprint(parts) == before
+    # a module the optimize chain imports (indirectly, through rewrites) does
+    snake = package / "passes" / "rewrite_snake.py"
+    snake.write_text(snake.read_text() + "\n# changed\n")
+    changed = cache.code_fingerprint(parts)
+    assert changed != before
+    # and so does calibration data, for the steps that read it
+    quant = STEP_KINDS["quantize"].code
+    q_before = cache.code_fingerprint(quant)
+    corpus = next((package / "data" / "calibration").rglob("*.txt"))
+    corpus.write_text(corpus.read_text() + "One more sentence.\n")
+    assert cache.code_fingerprint(quant) != q_before
+    assert cache.code_fingerprint(parts) == changed
