@@ -38,7 +38,10 @@ def list_recipes(
         try:
             recipe = load_recipe(path)
         except RecipeError as exc:
-            rows.append({"name": name, "path": str(path), "valid": False, "problem": str(exc)})
+            problem = str(exc).removeprefix(f"{path}:")
+            line, _, rest = problem.partition(": ")
+            problem = f"line {line}: {rest}" if line.isdigit() else problem
+            rows.append({"name": name, "path": str(path), "valid": False, "problem": problem})
             continue
         rows.append(
             {

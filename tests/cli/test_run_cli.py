@@ -154,3 +154,20 @@ def test_run_help_is_instant_and_lists_options(capsys: pytest.CaptureFixture[str
     result = run_cli(["run", "--help"], capsys)
     assert result.exit_code == 0
     assert "--force" in result.stdout and "--output" in result.stdout
+
+
+def test_recipes_list_says_why_a_recipe_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kokoro_opt.recipe as recipe_pkg
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nmodel: kokoro-fp32\nsteps:\n  - optimise: {}\n")
+    monkeypatch.setattr(recipe_pkg, "shipped_recipes", lambda: {"broken": broken})
+    result = run_cli(["recipes", "list", "--json"], capsys)
+    assert result.exit_code == 0
+    (row,) = json.loads(result.stdout)
+    assert row["valid"] is False
+    assert row["problem"].startswith("line 4: steps[0]: unknown step 'optimise'")
+    table = run_cli(["recipes", "list"], capsys)
+    assert "cannot run here" in table.stdout
