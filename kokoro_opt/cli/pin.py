@@ -365,7 +365,7 @@ def search(
             ranges_path=ranges,
             progress=report,
         )
-        order = shares = None
+        order = shares = alone = None
         if prior is not None:
             if prior.get("model_sha256") != prepared.sha256:
                 raise UserInputError(
@@ -376,6 +376,7 @@ def search(
             order = [r["group"] for r in ranked if r["group"] in prepared.groups]
             order += [g for g in prepared.groups if g not in order]
             shares = {r["group"]: float(r["time_share"]) for r in prior["groups"]}
+            alone = {r["group"]: float(r["logmel_alone"]) for r in prior["groups"]}
         result = trial.search(
             prepared,
             limits,
@@ -383,6 +384,7 @@ def search(
             voice=voice,
             order=order,
             shares=shares,
+            alone=alone,
             analysis_sentences=analysis_sentences,
             timing_runs=timing_runs,
             max_steps=max_steps,
@@ -451,6 +453,7 @@ def _read_analysis(path: Path) -> dict[str, Any]:
         rows = data["groups"]
         for row in rows:
             float(row["sensitivity_per_time"]), float(row["time_share"]), str(row["group"])
+            float(row["logmel_alone"])
     except (OSError, ValueError, KeyError, TypeError):
         raise UserInputError(
             f"--analysis {path} is not a `kokoro-opt pin analyze -o` JSON file; write one with "

@@ -19,8 +19,9 @@ fully quantized model; and each group's share of the FP32 run time from ORT's pr
 `search`: start from everything quantized; while the budget is not met, pin (keep float) the
 next group in the order of sensitivity per unit of time share, verifying each step end to
 end; then try to un-pin each pinned group, most expensive first, keeping the change when the
-budget still holds. Every step is timed against FP32 (interleaved) and recorded; the result
-carries the trade-off curve.
+budget still holds (a group whose distance when quantized alone already exceeds the log-mel
+limit is not tried: it cannot meet the budget). Every step is timed against FP32 (interleaved)
+and recorded; the result carries the trade-off curve.
 """
 
 from __future__ import annotations
@@ -582,6 +583,7 @@ def search(
     lang: str = "en-us",
     order: Sequence[str] | None = None,
     shares: dict[str, float] | None = None,
+    alone: dict[str, float] | None = None,
     analysis_sentences: int = 4,
     timing_runs: int = 3,
     max_steps: int = 40,
@@ -611,6 +613,7 @@ def search(
         ranked = sorted(analysis["groups"], key=lambda r: -r["sensitivity_per_time"])
         order = [r["group"] for r in ranked]
         shares = {r["group"]: r["time_share"] for r in analysis["groups"]}
+        alone = {r["group"]: r["logmel_alone"] for r in analysis["groups"]}
     unknown = [g for g in order if g not in prepared.groups]
     if unknown:
         raise UserInputError(f"Unknown group(s) in the search order: {', '.join(unknown)}.")
@@ -677,6 +680,7 @@ def search(
         return step
 
     pinned: list[str] = []
+    skipped: list[str] = []
     current = verify(pinned, "quantize every group")
     queue = [g for g in order if g not in pinned]
     while not current.meets and queue and len(steps) < max_steps:
@@ -689,6 +693,13 @@ def search(
         for group in sorted(pinned, key=lambda g: -(shares or {}).get(g, 0.0)):
             if len(steps) >= max_steps:
                 break
+            if (
+                budget.max_logmel is not None
+                and alone is not None
+                and alone.get(group, 0.0) > budget.max_logmel
+            ):
+                skipped.append(group)  # quantized alone it already breaks the budget
+                continue
             trial = [g for g in pinned if g != group]
             candidate = verify(trial, f"un-pin {group}")
             if candidate.meets:
@@ -721,6 +732,7 @@ def search(
         "order": list(order),
         "time_shares": {g: round(v, 4) for g, v in (shares or {}).items()},
         "steps": [asdict(s) for s in steps],
+        "unpin_skipped": skipped,
         "chosen": chosen.name if chosen else None,
         "pinned": chosen.pinned if chosen else None,
         "output": str(out_dir / "pinned.onnx") if chosen else None,
