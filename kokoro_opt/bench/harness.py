@@ -261,10 +261,26 @@ def peak_rss_mb(model_path: Path, config: BenchConfig) -> float | None:
 def _rss_child(
     model: str, text: str, voice: str, lang: str, provider: str, threads: int | None, queue: Any
 ) -> None:
-    import resource
-
     from kokoro_opt.runtime.synthesizer import Synthesizer
 
     synth = Synthesizer(model, provider=provider, threads=threads)
     synth.synthesize(text, voice=voice, lang=lang)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    queue.put(_own_peak_rss_mb())
+
+
+def _own_peak_rss_mb() -> float:
+    """This process's peak RSS in MB. Linux: VmHWM of its own address space. Not ru_maxrss:
+    Linux keeps that across execve, so a spawned child would report its parent's RSS at the
+    fork when that is larger (the forked copy shares the parent's resident pages)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS

@@ -76,6 +76,23 @@ def test_peak_rss_is_measured_in_a_child(synthetic_fp32: Path) -> None:
     assert res.peak_rss_mb is not None and res.peak_rss_mb > 50
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_peak_rss_is_the_childs_own_not_the_parents(synthetic_fp32: Path) -> None:
+    """ru_maxrss survives execve on Linux, so a spawned child once reported its parent's RSS."""
+    import numpy as np
+
+    from kokoro_opt.bench.harness import peak_rss_mb
+
+    config = BenchConfig(texts=["Hi there."], runs=1, warmup=0)
+    small = peak_rss_mb(synthetic_fp32, config)
+    ballast = np.ones(1536 * 2**20 // 8)  # 1.5 GiB resident in this (parent) process
+    big_parent = peak_rss_mb(synthetic_fp32, config)
+    del ballast
+    assert small is not None and big_parent is not None
+    assert big_parent < 1000, big_parent  # the tiny model's child needs a few hundred MB
+    assert abs(big_parent - small) < 100
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -173,7 +173,7 @@ def test_bench_real_models_on_two_smoke_texts(
     run = tmp_path / "run"
     result = run_cli(
         ["bench", "kokoro-fp32", "kokoro-int8-export", "--texts", "smoke", "--limit", "2",
-         "--runs", "2", "--warmup", "1", "--threads", "2", "--out", str(run), "--json"],
+         "--runs", "1", "--warmup", "0", "--threads", "2", "--out", str(run), "--json"],
         capsys,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
@@ -184,10 +184,11 @@ def test_bench_real_models_on_two_smoke_texts(
     assert 300e6 < fp32.size_bytes < 350e6 and 85e6 < int8.size_bytes < 100e6
     for m in report.models:
         s = m.speed
-        assert s is not None and 0 < s.rtf.median < 2.0
+        # No absolute speed bound: the shared CI machine can be many times slower than idle.
+        assert s is not None and s.rtf.median > 0 and s.runs == 1
         assert 0 < s.ttfa_ms.p50 <= s.latency_ms.p90 + 1e-6
         assert s.peak_rss_mb is not None and s.peak_rss_mb > 200
     (comparison,) = report.comparisons
-    # Interleaved on a shared machine: the two are within a factor of two of each other.
-    assert 0.5 < comparison.speedup < 2.0
+    # Interleaved on a shared machine: the two stay within a factor of three of each other.
+    assert 1 / 3 < comparison.speedup < 3.0
     assert fp32.speed.peak_rss_mb > int8.speed.peak_rss_mb
