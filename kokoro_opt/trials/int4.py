@@ -13,7 +13,9 @@ For every variant (and the FP32 reference, plus any extra models given for conte
   (`kokoro_opt.quality.asr`, Whisper tiny.en) against the text.
 
 The recommendation is the smallest variant whose WER is within `wer_margin` (absolute, default
-2 points) of FP32's, ties broken by log-mel distance. Results are cached per model (by sha256
+2 points) of FP32's; sizes within `SIZE_TIE` (1 %) of the smallest count as a tie (the same
+block size with another rounding algorithm differs by a few kilobytes), broken by the lower
+log-mel distance. Results are cached per model (by sha256
 and settings) under the output folder, so an interrupted trial resumes where it stopped.
 """
 
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, int, int], None]
 MB = 1_000_000
 REFERENCE = "fp32"
+SIZE_TIE = 0.01
 FOLDED = "+fold"
 
 
@@ -371,7 +374,8 @@ def evaluate_models(
 def recommend(
     evaluation: dict[str, Any], built: dict[str, dict[str, Any]], settings: TrialSettings
 ) -> dict[str, Any]:
-    """The smallest variant within the WER margin of FP32 (ties: lower log-mel distance)."""
+    """The smallest variant within the WER margin of FP32 (sizes within `SIZE_TIE` of the
+    smallest tie; ties go to the lower log-mel distance)."""
     models: dict[str, Measured] = evaluation["models"]
     ref = models[evaluation["reference"]]
     rows = []
@@ -385,7 +389,10 @@ def recommend(
         )
         rows.append((not ok, m.size_bytes, float(np.mean(m.logmel)), name, ok))
     accepted = [r for r in rows if r[4]]
-    chosen = min(accepted)[3] if accepted else None
+    chosen = None
+    if accepted:
+        floor = min(r[1] for r in accepted) * (1 + SIZE_TIE)
+        chosen = min((r[2], r[1], r[3]) for r in accepted if r[1] <= floor)[2]
     if not settings.wer:
         chosen = None
     smallest = min(rows, key=lambda r: r[1])[3] if rows else None
@@ -508,7 +515,8 @@ def build_report(
             )
     budget = (
         f"WER within {settings.wer_margin * 100:.0f} points of FP32 "
-        f"({_pct(recommendation['fp32_wer'])}); smallest size wins; goal under "
+        f"({_pct(recommendation['fp32_wer'])}); smallest size wins (within "
+        f"{SIZE_TIE:.0%}: lower log-mel); goal under "
         f"{settings.size_goal_bytes / MB:.0f} MB"
     )
     tradeoff = (
