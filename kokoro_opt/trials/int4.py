@@ -15,8 +15,9 @@ For every variant (and the FP32 reference, plus any extra models given for conte
 The recommendation is the smallest variant whose WER is within `wer_margin` (absolute, default
 2 points) of FP32's; sizes within `SIZE_TIE` (1 %) of the smallest count as a tie (the same
 block size with another rounding algorithm differs by a few kilobytes), broken by the lower
-log-mel distance. Results are cached per model (by sha256
-and settings) under the output folder, so an interrupted trial resumes where it stopped.
+log-mel distance. Results are cached per model under the output folder (by its sha256, the
+reference's and the settings), so an interrupted trial resumes where it stopped and a finished
+one re-renders its report without running a model.
 """
 
 from __future__ import annotations
@@ -328,17 +329,31 @@ def evaluate_models(
     timing = [order[i] for i in sorted(set(picks.tolist()))]
     key = json.dumps(settings.key(), sort_keys=True)
 
-    ref_session = _session(ref_path, settings.threads)
-    ref_audio = [_infer(ref_session, contract, f) for f in feeds]
+    ref_sha = sha256_file(ref_path)
+    reference: dict[str, Any] = {}
+
+    def ref_run() -> tuple[Any, list[np.ndarray]]:
+        """The FP32 session and audio, made the first time a model needs measuring."""
+        if not reference:
+            reference["session"] = _session(ref_path, settings.threads)
+            reference["audio"] = [_infer(reference["session"], contract, f) for f in feeds]
+        return reference["session"], reference["audio"]
+
     results: dict[str, Measured] = {}
     for index, (name, path) in enumerate(models.items()):
         progress(f"Measuring {name}", index, len(models))
         sha = sha256_file(path)
         cache = cache_dir / f"{name}.json"
         cached = _read_json(cache)
-        if cached and cached.get("sha256") == sha and cached.get("key") == key:
+        if (
+            cached
+            and cached.get("sha256") == sha
+            and cached.get("reference_sha256") == ref_sha
+            and cached.get("key") == key
+        ):
             results[name] = Measured(**cached["measured"])
             continue
+        ref_session, ref_audio = ref_run()
         proto = onnx.load(str(path), load_external_data=False)
         style, _ = detect_quant_style(proto)
         has_dq = _has_weight_dq(proto)
@@ -359,7 +374,8 @@ def evaluate_models(
                 measured.reference_latency_ms[mode] = ref_lat
                 measured.speedup[mode] = _speedup(ref_lat, lat)
             del modes, session
-        _write_json(cache, {"sha256": sha, "key": key, "measured": asdict(measured)})
+        record = {"sha256": sha, "reference_sha256": ref_sha, "key": key}
+        _write_json(cache, {**record, "measured": asdict(measured)})
         results[name] = measured
     progress("Measuring", len(models), len(models))
     return {

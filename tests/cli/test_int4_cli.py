@@ -205,10 +205,26 @@ def test_trial_builds_measures_and_reports(
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert (out / "models" / "all-rtn-b64.onnx").is_file()
     assert "all-rtn-b64" in result.stdout
+    caches = sorted((out / "cache").glob("*.json"))
+    assert [p.stem for p in caches] == ["all-rtn-b64", "fp32", "mm-rtn-b32"]
+    stamps = {p: p.stat().st_mtime_ns for p in caches}
     # a second run reuses the models and the measurements
     again = run_cli(args + ["--threads", "1", "--json"], capsys)
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["recommendation"]["chosen"] == report.tradeoff.chosen
+    assert {p: p.stat().st_mtime_ns for p in caches} == stamps
+    # another reference in the same folder: rebuilt and measured again, never mixed
+    from kokoro_opt.graph.io import sha256_file
+    from tests.synthetic import build_fp32_model
+
+    other = build_fp32_model(tmp_path / "other.onnx", seed=1)
+    args[1] = str(other)
+    third = run_cli(args + ["--threads", "1", "--json"], capsys)
+    assert third.exit_code == 0, third.stderr
+    for path in caches:
+        assert json.loads(path.read_text())["reference_sha256"] == sha256_file(other)
+    manifest = json.loads((out / "models" / "all-rtn-b64.json").read_text())
+    assert manifest["input_sha256"] == sha256_file(other)
 
 
 def test_trial_gptq_calibrates_once_for_both_block_sizes(
