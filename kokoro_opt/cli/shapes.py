@@ -254,7 +254,7 @@ def _render(summary: dict[str, Any], model_path: Path) -> None:
 
     table = Table(title=f"{model_path.name} -> {summary['output']}", title_justify="left")
     table.add_column("tokens", justify="right")
-    table.add_column("file")
+    table.add_column("file", no_wrap=True)
     table.add_column("size", justify="right")
     table.add_column("nodes", justify="right")
     table.add_column("mask")
@@ -280,4 +280,5 @@ def _render(summary: dict[str, Any], model_path: Path) -> None:
             speed,
         )
     console.print(table)
-    console.print(f"Wrote {summary['index']} ({summary['elapsed_s']:.1f} s)")
+    # soft_wrap: a path must stay one line (scripts and people copy it)
+    console.print(f"Wrote {summary['index']} ({summary['elapsed_s']:.1f} s)", soft_wrap=True)
