@@ -4,7 +4,7 @@
     python scripts/measure_graph_opt.py rewrites   # each rewrite alone and chained, FP32
     python scripts/measure_graph_opt.py int8       # optimize chain on the INT8 export
     python scripts/measure_graph_opt.py portable   # --portable audio equality, FP32 and INT8
-    python scripts/measure_graph_opt.py quantize   # optimize+quantize orders vs quantize alone
+    python scripts/measure_graph_opt.py quantize   # optimize --for-quantization + quantize vs alone
     python scripts/measure_graph_opt.py buckets    # static buckets vs the dynamic model
     python scripts/measure_graph_opt.py profile    # ORT op profile before/after optimize
 
@@ -227,39 +227,76 @@ def portable_section(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
+FOR_QUANTIZATION: dict[str, Any] = {"level": "basic", "simplify": False, "fusion": False}
+"""What `kokoro-opt optimize --for-quantization` runs (default rewrites, standard ops)."""
+
+
+def _base_name(name: str) -> str:
+    """A node's name before the rewrites (conv2d names the lifted Conv '<old>/conv2d')."""
+    return name.removesuffix("/conv2d")
+
+
 def quantize(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """Static INT8 alone vs rewrites-then-INT8 vs INT8-then-optimize, timed and compared."""
+    """Static INT8 with the `kokoro-opt quantize` defaults alone vs `optimize --for-quantization`
+    then the same quantize (and each followed by ORT's extended level), vs the INT8 export:
+    which convs each quantized (node names change under the rewrites), timed interleaved, audio
+    compared with FP32."""
     from kokoro_opt.passes import quantize_static
 
-    path = ensure_default_models()["kokoro-fp32"]
-    fp32 = onnx.load(path)
+    models_in = ensure_default_models()
+    fp32 = onnx.load(models_in["kokoro-fp32"])
     ctx = _ctx(tmp)
     qconfig = quantize_static.Config(samples=args.samples)
-    _log("quantize fp32")
-    q_alone = quantize_static.run(fp32, qconfig, ctx).model
-    snake_for_quant = {"snake": rewrite_snake.Config(fold_into_conv=False)}
-    pre = rewrites.apply(fp32, list(rewrites.DEFAULT), ctx, configs=snake_for_quant).model
-    _log("quantize rewritten fp32 (snake kept out of conv weights)")
-    q_after_rw = quantize_static.run(pre, qconfig, ctx).model
-    pre_fold = rewrites.apply(fp32, list(rewrites.DEFAULT), ctx).model
-    _log("quantize rewritten fp32 (snake folded into conv weights)")
-    q_after_fold = quantize_static.run(pre_fold, qconfig, ctx).model
-    _log("optimize the quantized model")
-    q_then_opt, _ = _chain(q_alone, tmp)
-    _log("rewrites, quantize, then ORT extended")
-    q_both, _ = _chain(q_after_rw, tmp, rewrites=[])
+    _log("optimize --for-quantization")
+    prepared, prep_details = _chain(fp32, tmp, **FOR_QUANTIZATION)
+    selection = {}
+    for label, model in (("quantize", fp32), ("optimize --for-quantization -> quantize", prepared)):
+        picked = quantize_static.select_nodes(model, qconfig)
+        selection[label] = {
+            "candidates": picked["candidates"],
+            "quantize": len(picked["quantize"]),
+            "unmatched_patterns": picked["unmatched"],
+            "names": sorted(_base_name(n) for n in picked["quantize"]),
+        }
+    names = [s.pop("names") for s in selection.values()]
+    same_convs = names[0] == names[1]
+    _log("quantize fp32 (defaults)")
+    alone = quantize_static.run(fp32, qconfig, ctx)
+    _log("quantize the --for-quantization model (defaults)")
+    chained = quantize_static.run(prepared, qconfig, ctx)
+    del prepared
+    chain_label = "optimize --for-quantization -> quantize"
+    for label, result in (("quantize", alone), (chain_label, chained)):
+        selection[label]["manifest_quantized"] = result.details["quantized"]
+        selection[label]["int8_weights_float_compute"] = result.details[
+            "int8_weights_float_compute"
+        ]
+    _log("ORT extended on each quantized model")
+    alone_ext, _ = _chain(alone.model, tmp, simplify=False, fusion=False, rewrites=[])
+    chained_ext, _ = _chain(chained.model, tmp, simplify=False, fusion=False, rewrites=[])
     models = {
         "fp32": fp32,
-        "int8-export": onnx.load(ensure_default_models()["kokoro-int8-export"]),
-        "quantize": q_alone,
-        "rewrites(no conv fold)->quantize": q_after_rw,
-        "rewrites(conv fold)->quantize": q_after_fold,
-        "quantize->optimize": q_then_opt,
-        "rewrites->quantize->optimize": q_both,
+        "int8-export": onnx.load(models_in["kokoro-int8-export"]),
+        "quantize": alone.model,
+        "optimize --for-quantization -> quantize": chained.model,
+        "quantize -> ORT extended": alone_ext,
+        "optimize --for-quantization -> quantize -> ORT extended": chained_ext,
     }
+    del alone, chained
     paths = _save(models, tmp)
+    del models
     timing = _time(paths, args.runs)
-    return _summary(paths, timing, "fp32")
+    return {
+        "quantize_settings": qconfig.model_dump(mode="json"),
+        "for_quantization": FOR_QUANTIZATION | {"rewrites": list(rewrites.DEFAULT)},
+        "for_quantization_rewrites": {
+            k: {kk: vv for kk, vv in v.items() if kk in ("matched", "rewritten", "into_conv")}
+            for k, v in prep_details["stages"].get("rewrites", {}).items()
+        },
+        "selection": selection,
+        "same_convs_quantized": same_convs,
+        "models": _summary(paths, timing, "fp32"),
+    }
 
 
 def buckets(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
