@@ -230,7 +230,7 @@ def build_report(
             lang="en-us",
             speed=1.0,
             texts="heldout",
-            asr_model="whisper-tiny.en",
+            asr_model="whisper-base",
             settings={"runs": runs, "warmup": 1},
         ),
         models=models,

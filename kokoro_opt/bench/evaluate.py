@@ -12,7 +12,7 @@ How it is measured (the same way every time):
   finished exactly as the streaming runtime finishes a chunk (padding silence shortened,
   NaN/inf -> 0, clipped, edge ramps); segments are concatenated;
 - models run interleaved per text (reference first), so a noisy machine slows all alike;
-- the ASR (`kokoro_opt.quality.asr`, Whisper tiny.en, greedy) transcribes every rendering;
+- the ASR (`kokoro_opt.quality.asr`, Whisper base, beam search 5) transcribes every rendering;
   WER/CER are pooled over the corpus after `normalize_for_wer` (`quality.wer.error_rates`);
 - every non-reference rendering is compared with the reference's rendering of the same text
   (`quality.distance.compare`: log-mel distance, MCD, duration ratio, F0 RMSE, voicing error

@@ -10,7 +10,7 @@ For every variant (and the FP32 reference, plus any extra models given for conte
   (`FOLD_SESSION_CONFIG`);
 - fidelity on held-out sentences (never used for calibration): log-mel distance and MCD to the
   FP32 audio after DTW (`kokoro_opt.quality.distance`), and the WER/CER of an offline ASR
-  (`kokoro_opt.quality.asr`, Whisper tiny.en) against the text.
+  (`kokoro_opt.quality.asr`, Whisper base, beam search) against the text.
 
 The recommendation is the smallest variant whose WER is within `wer_margin` (absolute, default
 2 points) of FP32's; sizes within `SIZE_TIE` (1 %) of the smallest count as a tie (the same
@@ -120,6 +120,7 @@ class TrialSettings:
             "timing_rounds": self.timing_rounds,
             "threads": self.threads,
             "wer": self.wer,
+            "asr": _asr_model() if self.wer else None,
         }
 
 
@@ -758,6 +759,13 @@ def _calib_key(settings: dict[str, Any]) -> str:
     )
     picked = {k: settings.get(k) for k in fields}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+def _asr_model() -> str:
+    """The ASR that measured cached WERs: a new ruler invalidates them."""
+    from kokoro_opt.quality.asr import MODEL_NAME
+
+    return MODEL_NAME
 
 
 def _mean(values: Sequence[float]) -> float:

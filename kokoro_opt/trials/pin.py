@@ -215,12 +215,18 @@ def heldout_sentences(
     )
     if wer:
         tcache = cache.with_suffix(".transcripts.json")
+        from kokoro_opt.quality.asr import MODEL_NAME
+
         cached = _read_json(tcache)
-        if cached and len(cached.get("transcripts", [])) == len(feeds):
+        if (
+            cached
+            and cached.get("asr") == MODEL_NAME
+            and len(cached.get("transcripts", [])) == len(feeds)
+        ):
             sentences.ref_transcripts = cached["transcripts"]
         else:
             sentences.ref_transcripts = transcribe_all(audio, prepared.threads, report)
-            _write_json(tcache, {"transcripts": sentences.ref_transcripts})
+            _write_json(tcache, {"asr": MODEL_NAME, "transcripts": sentences.ref_transcripts})
         sentences.ref_wer = word_error_rate(sentences.texts, sentences.ref_transcripts)
     return sentences
 
