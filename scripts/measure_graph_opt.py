@@ -227,8 +227,14 @@ def portable_section(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
-FOR_QUANTIZATION: dict[str, Any] = {"level": "basic", "simplify": False, "fusion": False}
-"""What `kokoro-opt optimize --for-quantization` runs (default rewrites, standard ops)."""
+FOR_QUANTIZATION: dict[str, Any] = {
+    "level": "basic",
+    "simplify": False,
+    "fusion": False,
+    "rewrites": list(rewrites.FOR_QUANTIZATION),
+}
+"""What `kokoro-opt optimize --for-quantization` runs (rewrites without the Snake fold,
+standard ops)."""
 
 
 def _base_name(name: str) -> str:
@@ -288,7 +294,7 @@ def quantize(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     timing = _time(paths, args.runs)
     return {
         "quantize_settings": qconfig.model_dump(mode="json"),
-        "for_quantization": FOR_QUANTIZATION | {"rewrites": list(rewrites.DEFAULT)},
+        "for_quantization": FOR_QUANTIZATION,
         "for_quantization_rewrites": {
             k: {kk: vv for kk, vv in v.items() if kk in ("matched", "rewritten", "into_conv")}
             for k, v in prep_details["stages"].get("rewrites", {}).items()

@@ -70,18 +70,20 @@ def optimize(
         bool,
         typer.Option(
             "--for-quantization",
-            help="Prepare a float model for `kokoro-opt quantize`: rewrites only, standard ops "
+            help="Prepare a float model for `kokoro-opt quantize`: rewrites only (instnorm, "
+            "conv2d unless --rewrite says otherwise: the Snake fold hurts INT8), standard ops "
             "(level basic, no onnxsim Gemm fusion, no transformer fusions), so every Conv and "
             "MatMul stays visible to the quantizer.",
         ),
     ] = False,
     rewrite: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Hot-spot rewrites, comma-separated: instnorm, snake, stft, conv2d; 'default' "
-            "(the measured-good set), 'all' or 'none'."
+            "(the measured-good set: instnorm, snake, conv2d), 'all' or 'none'. Default: "
+            "'default', or instnorm,conv2d with --for-quantization."
         ),
-    ] = "default",
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -129,7 +131,10 @@ def optimize(
         )
     if runs < 1:
         raise UserInputError(f"--runs must be at least 1, got {runs}.")
-    names = rewrites.parse(rewrite)
+    if rewrite is None:
+        names = list(rewrites.FOR_QUANTIZATION if for_quantization else rewrites.DEFAULT)
+    else:
+        names = rewrites.parse(rewrite)
     try:
         config = chain.Config(
             level=level, simplify=simplify, fusion=fusion, portable=portable, rewrites=names

@@ -171,6 +171,7 @@ def test_for_quantization_keeps_standard_ops_and_matmuls(
     manifest = json.loads(res.stdout)
     settings = manifest["settings"]
     assert (settings["level"], settings["simplify"], settings["fusion"]) == ("basic", False, False)
+    assert settings["rewrites"] == ["instnorm", "conv2d"]  # no Snake fold before INT8
     model = onnx.load(out)
     assert non_standard_ops(model) == {}
     assert sum(n.op_type == "MatMul" for n in model.graph.node) == 4  # no Gemm fusion
