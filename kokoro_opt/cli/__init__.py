@@ -37,22 +37,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(model_cli.app, name="model")
-app.add_typer(coreml_cli.app, name="coreml")
-speak_cli.register(app)
-int4_cli.register(app)
-serve_cli.register(app)
-gate_cli.register(app)
-report_cli.register(app)
-optimize_cli.register(app)
-quantize_cli.register(app)
-shapes_cli.register(app)
-pin_cli.register(app)
-fp16_cli.register(app)
-bench_cli.register(app)
-eval_cli.register(app)
+# Registration order is --help's order: the main job first, then the passes, then the
+# measuring and gating commands (Typer lists plain commands before command groups).
 run_cli.register(app)
 recipes_cli.register(app)
+app.add_typer(model_cli.app, name="model")
+speak_cli.register(app)
+serve_cli.register(app)
+quantize_cli.register(app)
+pin_cli.register(app)
+fp16_cli.register(app)
+optimize_cli.register(app)
+shapes_cli.register(app)
+int4_cli.register(app)
+app.add_typer(coreml_cli.app, name="coreml")
+eval_cli.register(app)
+bench_cli.register(app)
+report_cli.register(app)
+gate_cli.register(app)
 
 
 def main() -> None:
