@@ -93,12 +93,6 @@ def model_files() -> dict[str, Path]:
     return files
 
 
-def model_path() -> Path:
-    """Folder of the bundled model's part 1 (config.json, tokenizer.json, vocabulary.txt and
-    model.bin.part1); the second half of model.bin is in the part-2 package."""
-    return model_files()["config.json"].parent
-
-
 def _read_model(files: dict[str, Path]) -> dict[str, Any]:
     """The in-memory files CTranslate2 loads: model.bin joined from its halves and checked."""
     size1 = files["model.bin.part1"].stat().st_size
