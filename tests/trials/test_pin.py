@@ -64,9 +64,10 @@ def test_search_meets_a_budget_between_fp32_and_full_int8(
         order=[r["group"] for r in rows],
         shares={r["group"]: r["time_share"] for r in rows},
         alone={r["group"]: r["logmel_alone"] for r in rows},
+        free_share=0.0,  # no free groups: one group per step
         out_dir=tmp_path,
     )
-    assert result["order"] == [r["group"] for r in rows]
+    assert result["order"] == [r["group"] for r in rows] and result["free_groups"] == []
     steps = result["steps"]
     assert steps[0]["action"] == "quantize every group" and not steps[0]["meets"]
     chosen = next(s for s in steps if s["name"] == result["chosen"])
@@ -87,6 +88,34 @@ def test_search_meets_a_budget_between_fp32_and_full_int8(
     assert result["final_speed"]["speedup"] > 0
     paths = trial.write_search_report(result, prepared, tmp_path, command=["test"])
     assert "Pinning search" in paths["report.md"].read_text()
+
+
+def test_search_pins_the_free_groups_in_one_step(
+    prepared: trial.Prepared, analysis: dict, tmp_path: Path
+) -> None:
+    rows = sorted(analysis["groups"], key=lambda r: -r["sensitivity_per_time"])
+    shares = {r["group"]: r["time_share"] for r in rows}
+    cut = sorted(shares.values())[len(shares) // 2]  # the cheaper half is "free"
+    free = [r["group"] for r in rows if r["time_share"] < cut]
+    assert free and len(free) < len(rows)
+    result = trial.search(
+        prepared,
+        trial.Budget(max_logmel=1e-9),  # never met: every step runs
+        sentences=1,
+        timing_runs=1,
+        order=[r["group"] for r in rows],
+        shares=shares,
+        alone={r["group"]: r["logmel_alone"] for r in rows},
+        free_share=cut,
+        max_steps=3,
+        out_dir=tmp_path,
+    )
+    steps = result["steps"]
+    assert result["free_groups"] == free
+    assert steps[1]["pinned"] == free and steps[1]["action"].startswith(f"pin {len(free)} groups")
+    # then one costly group per step, in the given order
+    costly = [g for g in result["order"] if g not in free]
+    assert steps[2]["pinned"] == [*free, costly[0]]
 
 
 def test_search_stops_when_the_budget_already_holds(
