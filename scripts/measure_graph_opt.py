@@ -227,16 +227,6 @@ def portable_section(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
-FOR_QUANTIZATION: dict[str, Any] = {
-    "level": "basic",
-    "simplify": False,
-    "fusion": False,
-    "rewrites": list(rewrites.FOR_QUANTIZATION),
-}
-"""What `kokoro-opt optimize --for-quantization` runs (rewrites without the Snake fold,
-standard ops)."""
-
-
 def _base_name(name: str) -> str:
     """A node's name before the rewrites (conv2d names the lifted Conv '<old>/conv2d')."""
     return name.removesuffix("/conv2d")
@@ -254,7 +244,7 @@ def quantize(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ctx = _ctx(tmp)
     qconfig = quantize_static.Config(samples=args.samples)
     _log("optimize --for-quantization")
-    prepared, prep_details = _chain(fp32, tmp, **FOR_QUANTIZATION)
+    prepared, prep_details = _chain(fp32, tmp, **optimize.FOR_QUANTIZATION)
     selection = {}
     for label, model in (("quantize", fp32), ("optimize --for-quantization -> quantize", prepared)):
         picked = quantize_static.select_nodes(model, qconfig)
@@ -294,7 +284,7 @@ def quantize(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     timing = _time(paths, args.runs)
     return {
         "quantize_settings": qconfig.model_dump(mode="json"),
-        "for_quantization": FOR_QUANTIZATION,
+        "for_quantization": optimize.FOR_QUANTIZATION,
         "for_quantization_rewrites": {
             k: {kk: vv for kk, vv in v.items() if kk in ("matched", "rewritten", "into_conv")}
             for k, v in prep_details["stages"].get("rewrites", {}).items()

@@ -113,15 +113,16 @@ def optimize(
     from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.store import resolve_model
 
+    preset = chain.FOR_QUANTIZATION
     if level is None:
         level = "basic" if portable or for_quantization else "extended"
     if for_quantization:
-        if level != "basic":
+        if level != preset["level"]:
             raise UserInputError(
                 f"--for-quantization cannot be combined with --level {level}: the quantizer "
                 "needs standard ops. Leave --level out (it becomes basic)."
             )
-        simplify, fusion = False, False
+        simplify, fusion = preset["simplify"], preset["fusion"]
     if level not in LEVELS:
         raise UserInputError(f"--level must be one of {', '.join(LEVELS)}; got {level!r}.")
     if portable and level != "basic":
@@ -132,7 +133,7 @@ def optimize(
     if runs < 1:
         raise UserInputError(f"--runs must be at least 1, got {runs}.")
     if rewrite is None:
-        names = list(rewrites.FOR_QUANTIZATION if for_quantization else rewrites.DEFAULT)
+        names = list(preset["rewrites"] if for_quantization else rewrites.DEFAULT)
     else:
         names = rewrites.parse(rewrite)
     try:

@@ -66,6 +66,17 @@ class Config(PassConfig):
         return self
 
 
+FOR_QUANTIZATION: dict[str, Any] = {
+    "level": "basic",
+    "simplify": False,
+    "fusion": False,
+    "rewrites": list(rewrites.FOR_QUANTIZATION),
+}
+"""`optimize --for-quantization`: standard ops only (level basic, no onnxsim Gemm fusion, no
+transformer fusions), so every Conv and MatMul stays visible to the quantizer, and the
+rewrites that keep static INT8's quality (no Snake fold)."""
+
+
 def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     """Run the chain on a copy of `model`; details hold each stage's details and a summary."""
     stages: dict[str, Any] = {}
