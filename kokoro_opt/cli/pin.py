@@ -295,8 +295,16 @@ def search(
         typer.Option(help="Both limits in one: 'wer=+0.5,logmel=0.28' (either part optional)."),
     ] = None,
     sentences: Annotated[
-        int, typer.Option(help="Held-out sentences every step is verified on.")
+        int, typer.Option(help="Held-out sentences every step is screened on.")
     ] = 12,
+    confirm_sentences: Annotated[
+        int | None,
+        typer.Option(
+            help="A step that meets the budget on the screening sentences is checked again "
+            "on this many, and counts only if it holds there too (default: the whole held-out "
+            "split; 0: no check)."
+        ),
+    ] = None,
     analysis: Annotated[
         Path | None,
         typer.Option(
@@ -345,6 +353,7 @@ def search(
         limits.check()
     if timing_runs < 1 or max_steps < 1:
         raise UserInputError("--timing-runs and --max-steps must be at least 1.")
+    confirm = _confirm_count(confirm_sentences, sentences)
     config = pin_pass.build_config({"depth": depth, "samples": samples, "method": method})
     model_path = _resolve(model)
     _check_threads(threads)
@@ -389,6 +398,7 @@ def search(
             timing_runs=timing_runs,
             max_steps=max_steps,
             logmel_of=logmel_of,
+            confirm_sentences=confirm,
             out_dir=out_dir,
             progress=report,
         )
@@ -439,6 +449,24 @@ def _check_threads(threads: int) -> None:
 
     if threads < 1:
         raise UserInputError(f"--threads must be at least 1, got {threads}.")
+
+
+def _confirm_count(confirm_sentences: int | None, sentences: int) -> int:
+    """--confirm-sentences resolved: None -> the held-out split's size; 0 -> no check."""
+    from kokoro_opt.calib.corpus import load_texts
+    from kokoro_opt.errors import UserInputError
+
+    available = len(load_texts("heldout"))
+    if confirm_sentences is None:
+        return available if available > sentences else 0
+    if confirm_sentences == 0:
+        return 0
+    if not sentences < confirm_sentences <= available:
+        raise UserInputError(
+            f"--confirm-sentences must be 0 (no check) or more than --sentences ({sentences}) "
+            f"and at most {available} (the held-out split's size), got {confirm_sentences}."
+        )
+    return confirm_sentences
 
 
 def _split(values: list[str]) -> list[str]:
@@ -498,6 +526,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -595,18 +627,31 @@ def _render_search(result: dict[str, Any], paths: dict[str, Path]) -> None:
     table.add_column("WER", justify="right")
     table.add_column("speed vs FP32", justify="right")
     table.add_column("meets")
+    confirm = result.get("confirm")
+    if confirm is not None:
+        table.add_column(f"on {confirm['sentences']}: log-mel / WER")
     for step in result["steps"]:
-        wer = "-" if step["wer"] is None else f"{step['wer'] * 100:.1f} %"
-        table.add_row(
+        cells = [
             step["name"],
             step["action"],
             str(len(step["pinned"])),
             _num(step["logmel"]),
-            wer,
+            _pct(step["wer"]),
             f"{step['speedup']:.2f}x",
             "[green]yes[/]" if step["meets"] else "[red]no[/]",
-        )
+        ]
+        if confirm is not None:
+            checked = step.get("confirmation")
+            cells.append(
+                "-" if not checked else f"{_num(checked['logmel'])} / {_pct(checked['wer'])}"
+            )
+        table.add_row(*cells)
     console.print(table)
+    if confirm is not None:
+        console.print(
+            f"Steps that met the budget on the first {result['sentences']} sentences were "
+            f"checked on {confirm['sentences']}: {confirm['budget_text']}."
+        )
     if result["chosen"] is None:
         err_console.print(
             "[bold red]No pinning met the budget[/] (even with the groups tried kept float). "

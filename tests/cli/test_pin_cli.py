@@ -93,11 +93,14 @@ def test_analyze_json_and_file(
     res = run_cli(
         ["pin", "search", str(synthetic_fp32), "--samples", "3", "--sentences", "1",
          "--max-logmel", "50", "--timing-runs", "1", "--analysis", str(target),
-         "-o", str(tmp_path / "search")],
+         "--confirm-sentences", "3", "-o", str(tmp_path / "search")],
         capsys,
     )  # fmt: skip
     assert res.exit_code == 0, res.stderr
+    assert "checked on 3" in res.stdout
     result = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert result["confirm"]["sentences"] == 3
+    assert result["steps"][0]["confirmation"]["sentences"] == 3
     assert result["order"][:6] == [
         r["group"] for r in sorted(printed["groups"], key=lambda r: -r["sensitivity_per_time"])
     ]
@@ -124,6 +127,10 @@ def test_analyze_json_and_file(
         (["pin", "search", "{fp32}", "-o", "{dir}", "--max-logmel", "1", "--max-logmel-of",
           "{fp32}"], "not both"),
         (["pin", "search", "{fp32}", "-o", "{dir}", "--max-logmel-of", "{missing}"], "No model"),
+        (["pin", "search", "{fp32}", "-o", "{dir}", "--max-logmel", "1", "--confirm-sentences",
+          "5"], "more than --sentences (12)"),
+        (["pin", "search", "{fp32}", "-o", "{dir}", "--max-logmel", "1", "--confirm-sentences",
+          "999"], "at most 80"),
         (["fp16", "{missing}", "-o", "{out}"], "No model"),
         (["fp16", "{int8}", "-o", "{out}"], "already quantized"),
         (["fp16", "{fp32}", "-o", "{out}", "--keep-fp32", "re:("], "regular expression"),

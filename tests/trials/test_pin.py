@@ -118,6 +118,42 @@ def test_search_pins_the_free_groups_in_one_step(
     assert steps[2]["pinned"] == [*free, costly[0]]
 
 
+def test_a_step_counts_only_if_it_holds_on_the_confirmation_set(
+    prepared: trial.Prepared, tmp_path: Path
+) -> None:
+    # The fully quantized model's mean distance on k held-out sentences, k = 1..4: pick a
+    # screen and a confirmation set where the screen reads better, and put the limit there.
+    full = trial.build_variant(prepared, list(prepared.groups), tmp_path / "full.onnx")
+    mean = {}
+    for k in range(1, 5):
+        held = trial.heldout_sentences(prepared, k)
+        audio = trial.speak(full, held.feeds, prepared.contract, 1)
+        mean[k] = sum(trial.logmel_distances(audio, held.ref_audio)) / k
+    pairs = [(n, m) for n in mean for m in mean if n < m and mean[n] < mean[m] - 1e-3]
+    assert pairs, mean
+    n, m = pairs[0]
+    limit = mean[n] + 1e-6
+    result = trial.search(
+        prepared,
+        trial.Budget(max_logmel=limit),
+        sentences=n,
+        confirm_sentences=m,
+        timing_runs=1,
+        max_steps=1,
+        order=list(prepared.groups),
+        shares={g: 0.1 for g in prepared.groups},
+        out_dir=tmp_path / "search",
+    )
+    (step,) = result["steps"]
+    assert step["logmel"] <= limit  # passes the screen ...
+    checked = step["confirmation"]
+    assert checked["sentences"] == m and checked["logmel"] > limit  # ... not the confirmation
+    assert not step["meets"] and result["chosen"] is None
+    assert result["confirm"]["sentences"] == m
+    paths = trial.write_search_report(result, prepared, tmp_path / "search", command=["test"])
+    assert f"checked again on {m}" in paths["report.md"].read_text()
+
+
 def test_search_stops_when_the_budget_already_holds(
     prepared: trial.Prepared, analysis: dict, tmp_path: Path
 ) -> None:
