@@ -642,28 +642,22 @@ def search(
     unknown = [g for g in order if g not in prepared.groups]
     if unknown:
         raise UserInputError(f"Unknown group(s) in the search order: {', '.join(unknown)}.")
-    held = heldout_sentences(
-        prepared,
-        sentences,
-        voice=voice,
-        lang=lang,
-        wer=budget.max_wer_increase is not None,
-        progress=report,
-    )
-    budget, budget_model = _budget_on(prepared, held, budget, logmel_of, report)
-    big: Sentences | None = None
-    big_budget: Budget | None = None
-    big_model: dict[str, Any] | None = None
-    if confirm_sentences > sentences:
-        big = heldout_sentences(
+    wanted = budget  # as given; `budget` below is the one measured on the screening set
+
+    def sentence_set(count: int) -> tuple[Sentences, Budget, dict[str, Any] | None]:
+        """`count` held-out sentences with FP32's audio, and the budget measured on them."""
+        chosen = heldout_sentences(
             prepared,
-            confirm_sentences,
+            count,
             voice=voice,
             lang=lang,
-            wer=budget.max_wer_increase is not None,
+            wer=wanted.max_wer_increase is not None,
             progress=report,
         )
-        big_budget, big_model = _budget_on(prepared, big, budget, logmel_of, report)
+        return chosen, *_budget_on(prepared, chosen, wanted, logmel_of, report)
+
+    held, budget, budget_model = sentence_set(sentences)
+    confirm = sentence_set(confirm_sentences) if confirm_sentences > sentences else None
     timing = _timing_feeds(held)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: list[Step] = []
@@ -688,8 +682,8 @@ def search(
         speed = _speedup(prepared, path, timing, runs=timing_runs)
         meets = _meets(budget, _mean(dists), wer, held.ref_wer)
         confirmation = None
-        if meets and big is not None and big_budget is not None:
-            confirmation = _check_on(prepared, path, big, big_budget, report)
+        if meets and confirm is not None:
+            confirmation = _check_on(prepared, path, confirm[0], confirm[1], report)
             meets = confirmation["meets"]
         step = Step(
             name=name,
@@ -764,13 +758,13 @@ def search(
         "voice": voice,
         "fp32_wer": held.ref_wer,
         "confirm": None
-        if big is None or big_budget is None
+        if confirm is None
         else {
-            "sentences": len(big.texts),
-            "fp32_wer": big.ref_wer,
-            "budget": asdict(big_budget),
-            "budget_model": big_model,
-            "budget_text": big_budget.describe(big.ref_wer),
+            "sentences": len(confirm[0].texts),
+            "fp32_wer": confirm[0].ref_wer,
+            "budget": asdict(confirm[1]),
+            "budget_model": confirm[2],
+            "budget_text": confirm[1].describe(confirm[0].ref_wer),
         },
         "order": list(order),
         "free_share": free_share,
