@@ -673,11 +673,7 @@ def search(
         quantized = [g for g in prepared.groups if g not in pinned]
         build_variant(prepared, quantized, path)
         report(f"Step {index}: {action}", 1, 3)
-        audio = speak(path, held.feeds, prepared.contract, prepared.threads)
-        dists = logmel_distances(audio, held.ref_audio)
-        wer = None
-        if held.ref_transcripts is not None:
-            wer = word_error_rate(held.texts, transcribe_all(audio, prepared.threads))
+        dists, wer = _measure(prepared, path, held)
         report(f"Step {index}: {action}", 2, 3)
         speed = _speedup(prepared, path, timing, runs=timing_runs)
         meets = _meets(budget, _mean(dists), wer, held.ref_wer)
@@ -809,6 +805,24 @@ def _budget_on(
     }
 
 
+def _measure(
+    prepared: Prepared,
+    path: Path,
+    held: Sentences,
+    progress: ProgressCallback | None = None,
+    *,
+    task: str = "Speaking",
+) -> tuple[list[float], float | None]:
+    """Per-sentence log-mel distances of `path` to FP32 on `held`, and its WER when `held`
+    carries FP32 transcripts."""
+    audio = speak(path, held.feeds, prepared.contract, prepared.threads, progress, task=task)
+    dists = logmel_distances(audio, held.ref_audio)
+    wer = None
+    if held.ref_transcripts is not None:
+        wer = word_error_rate(held.texts, transcribe_all(audio, prepared.threads, progress))
+    return dists, wer
+
+
 def _check_on(
     prepared: Prepared,
     path: Path,
@@ -817,14 +831,10 @@ def _check_on(
     progress: ProgressCallback,
 ) -> dict[str, Any]:
     """Log-mel distance, WER and the budget's verdict for `path` on `held`."""
-    audio = speak(
-        path, held.feeds, prepared.contract, prepared.threads, progress,
-        task=f"Confirming on {len(held.texts)} sentences",
-    )  # fmt: skip
-    logmel = _mean(logmel_distances(audio, held.ref_audio))
-    wer = None
-    if held.ref_transcripts is not None:
-        wer = word_error_rate(held.texts, transcribe_all(audio, prepared.threads, progress))
+    dists, wer = _measure(
+        prepared, path, held, progress, task=f"Confirming on {len(held.texts)} sentences"
+    )
+    logmel = _mean(dists)
     return {
         "sentences": len(held.texts),
         "logmel": logmel,
