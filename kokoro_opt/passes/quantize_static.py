@@ -19,9 +19,11 @@ it histograms each quantized tensor (8,192 bins over its min..max) and keeps the
 both tails separately; ORT's own percentile method is symmetric around zero, which wastes half
 the range on Snake activations that are mostly positive.
 
-The defaults are the settings measured best on Kokoro-82M (docs/int8-static.md): only the
-generator's residual blocks and noise branch run in INT8, their last conv (`convs2.2`) stays
-float, and every other weight is stored as int8 but computed in float (`weight_only_rest`).
+The defaults are the settings measured best on Kokoro-82M (docs/int8-static.md): the
+generator's residual blocks, noise branch and upsampling run in INT8, and so do the decoder's
+frame-rate convs; the last conv of the three high-rate residual blocks (`convs2.2`) and one
+conv of `resblocks.1` stay float; every other weight is stored as int8 but computed in float
+(`weight_only_rest`).
 
 Calibration runs one sample at a time, so memory stays that of one input, and reports progress
 per sample.
@@ -70,13 +72,20 @@ _NOT_STATIC = {
     "GRU": "ORT's static (QDQ) quantizer has no GRU",
 }
 
-DEFAULT_OPS = ["Conv"]
-DEFAULT_INCLUDE = [r"re:^/decoder/decoder/generator/(resblocks|noise_convs|noise_res)\."]
-"""The generator's residual blocks and noise branch: most of the Conv time, and the part that
-tolerates INT8 (conv_post, the upsampling and the text side do not; docs/int8-static.md)."""
-DEFAULT_EXCLUDE = [r"re:/resblocks\.\d+/convs2\.2/"]
-"""The last conv of each residual block writes straight into the residual sum feeding the
-next upsampling stage; in INT8 it is the largest single source of error."""
+DEFAULT_OPS = ["Conv", "ConvTranspose"]
+DEFAULT_INCLUDE = [
+    r"re:^/decoder/decoder/generator/(resblocks|noise_convs|noise_res|ups)\.",
+    r"re:^/decoder/decoder/(encode/conv2|decode\.\d+/conv(1|2|1x1))/",
+]
+"""Most of the Conv time and the part that tolerates INT8: the generator's residual blocks,
+noise branch and two upsampling ConvTransposes, and the decoder's 1024-channel convs at frame
+rate. conv_post, the text side and the decoder's encode/conv1 and conv1x1 do not
+(docs/int8-static.md)."""
+DEFAULT_EXCLUDE = [r"re:/resblocks\.[345]/convs2\.2/", r"re:/resblocks\.1/convs1\.2/"]
+"""Kept float, measured one node at a time: the last conv of each high-rate residual block
+writes straight into the sum feeding conv_post (each alone adds more error than all the
+decoder convs together), and `resblocks.1/convs1.2` is the conv whose INT8 error is largest
+among the rest, for little time."""
 DEFAULT_METHOD = "percentile"
 DEFAULT_SAMPLES = 32
 DEFAULT_PERCENTILE = 99.99

@@ -62,8 +62,12 @@ def test_default_selection_quantizes_the_generator_blocks(
 ) -> None:
     model, details = _run(fp32, tmp_path)
     scales = _weight_scales(model)
-    assert set(scales) == {f"{GEN}/noise_convs.0/Conv", f"{GEN}/resblocks.0/convs1.0/Conv"}
-    assert details["quantized"] == {"Conv": 2}
+    assert set(scales) == {
+        f"{GEN}/noise_convs.0/Conv",
+        f"{GEN}/resblocks.0/convs1.0/Conv",
+        f"{GEN}/ups.0/ConvTranspose",
+    }
+    assert details["quantized"] == {"Conv": 2, "ConvTranspose": 1}
     assert f"{GEN}/conv_post/Conv" in details["excluded"]
     assert details["calibration"]["samples"] == 4
     assert details["bytes_after"] > 0 and details["timings"]["total_s"] > 0
