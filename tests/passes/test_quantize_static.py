@@ -62,9 +62,15 @@ def test_default_selection_quantizes_the_generator_blocks(
 ) -> None:
     model, details = _run(fp32, tmp_path)
     scales = _weight_scales(model)
-    assert set(scales) == {f"{GEN}/noise_convs.0/Conv", f"{GEN}/resblocks.0/convs1.0/Conv"}
+    # The default rewrites lift every 1-D Conv to 2-D (renamed '<conv>/conv2d') before
+    # calibration, and the default patterns still pick the same convs.
+    assert details["rewrites"]["conv2d"]["rewritten"] >= 3
+    assert set(scales) == {
+        f"{GEN}/noise_convs.0/Conv/conv2d",
+        f"{GEN}/resblocks.0/convs1.0/Conv/conv2d",
+    }
     assert details["quantized"] == {"Conv": 2}
-    assert f"{GEN}/conv_post/Conv" in details["excluded"]
+    assert f"{GEN}/conv_post/Conv/conv2d" in details["excluded"]
     assert details["calibration"]["samples"] == 4
     assert details["bytes_after"] > 0 and details["timings"]["total_s"] > 0
     # The input model is untouched, and the result still speaks: finite, same lengths.
@@ -119,15 +125,21 @@ def test_per_channel_vs_per_tensor_scales(fp32: onnx.ModelProto, tmp_path: Path)
         for t in fp32.graph.initializer
         if t.name == next(n.input[1] for n in fp32.graph.node if n.name == name)
     )
-    per_channel, _ = _run(fp32, tmp_path / "pc", per_channel=True, method="minmax")
-    per_tensor, _ = _run(fp32, tmp_path / "pt", per_channel=False, method="minmax")
+    kept = {"method": "minmax", "rewrites": "none"}  # node names as in the input
+    per_channel, _ = _run(fp32, tmp_path / "pc", per_channel=True, **kept)
+    per_tensor, _ = _run(fp32, tmp_path / "pt", per_channel=False, **kept)
     assert _weight_scales(per_channel)[name].shape == (out_channels,)
     assert _weight_scales(per_tensor)[name].size == 1
 
 
 def test_all_nodes_and_patterns(fp32: onnx.ModelProto, tmp_path: Path) -> None:
     model, details = _run(
-        fp32, tmp_path, include=[], exclude=["*/conv_post/*", "re:attention"], ops="Conv,MatMul"
+        fp32,
+        tmp_path,
+        include=[],
+        exclude=["*/conv_post/*", "re:attention"],
+        ops="Conv,MatMul",
+        rewrites="none",
     )
     quantized = set(_weight_scales(model))
     assert f"{GEN}/conv_post/Conv" not in quantized
