@@ -175,7 +175,9 @@ def test_eval_real_models_on_two_smoke_texts(
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["asr"]["audio_s_per_s"] > 1.0  # the ASR runs faster than real time
+    # The ASR's speed is measured and reported (its value depends on the machine's load, so
+    # no threshold here: speed targets live in bench reports, not in unit tests).
+    assert data["asr"]["audio_s_per_s"] > 0
     report = load_report(run)
     fp32, int8 = report.model("kokoro-fp32"), report.model("kokoro-int8-export")
     assert report.models[0].name == "kokoro-fp32"

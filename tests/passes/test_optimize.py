@@ -97,6 +97,17 @@ def test_for_quantization_output_keeps_the_quantize_selection(
     assert all(n.endswith("/conv2d") for n in after)
 
 
+def test_for_quantization_rewrites_are_idempotent(synthetic_fp32: Path, ctx: PassContext) -> None:
+    """`quantize` applies these rewrites itself; after `optimize --for-quantization` (the
+    cpu-int8 recipe) applying them again must change nothing."""
+    names = list(rewrites.FOR_QUANTIZATION)
+    once = rewrites.apply(onnx.load(synthetic_fp32), names, ctx)
+    assert once.details["conv2d"]["rewritten"] > 0
+    twice = rewrites.apply(once.model, names, ctx)
+    assert twice.details["instnorm"]["matched"] == 0 and twice.details["conv2d"]["rewritten"] == 0
+    assert twice.model.graph.SerializeToString() == once.model.graph.SerializeToString()
+
+
 def test_input_model_is_not_mutated(synthetic_fp32: Path, ctx: PassContext) -> None:
     model = onnx.load(synthetic_fp32)
     before = model.SerializeToString()
