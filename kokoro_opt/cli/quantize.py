@@ -296,9 +296,9 @@ def _render(manifest: dict[str, Any], model_path: Path) -> None:
     summary.add_row("Size", f"{mb(before)} -> {mb(after)} ({after / before:.0%})")
     rewrites = details.get("rewrites") or {}
     if rewrites:
-        # instnorm counts the norms it fused as "matched"; the others count "rewritten"
-        counts = {n: info.get("rewritten", info.get("matched", 0)) for n, info in rewrites.items()}
-        summary.add_row("Rewrites", ", ".join(f"{n} {c}" for n, c in counts.items()))
+        summary.add_row(
+            "Rewrites", ", ".join(f"{n} {info['rewritten']}" for n, info in rewrites.items())
+        )
     cal = details["calibration"]
     summary.add_row(
         "Calibration",

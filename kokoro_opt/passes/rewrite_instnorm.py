@@ -43,7 +43,11 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     index = GraphIndex(work.graph)
     found_all = [(d, _match_norm(index, d)) for d in work.graph.node if d.op_type == "Div"]
     found_all = [(d, f) for d, f in found_all if f is not None]
-    shapes = known_shapes(work, [f[0] for _, f in found_all], threads=ctx.threads)
+    # Shape inference over the whole graph costs seconds; skip it when nothing matched (such as
+    # on a graph these rewrites already ran on).
+    shapes = (
+        known_shapes(work, [f[0] for _, f in found_all], threads=ctx.threads) if found_all else {}
+    )
     matched = 0
     affine = 0
     skipped: dict[str, int] = {}
@@ -94,6 +98,7 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     removed = finalize(work.graph)
     details: dict[str, Any] = {
         "matched": matched,
+        "rewritten": matched,  # the count every rewrite reports under this key
         "affine_folded": affine,
         "skipped": skipped,
         "nodes_before": len(model.graph.node),

@@ -35,7 +35,7 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     work = clone(model)
     index = GraphIndex(work.graph)
     stfts = [n for n in work.graph.node if n.op_type == "STFT" and n.domain in ("", "ai.onnx")]
-    shapes = known_shapes(work, [n.input[0] for n in stfts], threads=ctx.threads)
+    shapes = known_shapes(work, [n.input[0] for n in stfts], threads=ctx.threads) if stfts else {}
     rewritten = 0
     skipped: dict[str, int] = {}
     for i, node in enumerate(stfts):
