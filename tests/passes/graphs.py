@@ -4,6 +4,9 @@
   Gelu and QuickGelu from com.microsoft, as ORT's optimizer writes them;
 - `adain_snake_model`: Kokoro's generator block: decomposed AdaIN (style-dependent affine),
   Snake, Conv, a second AdaIN sharing the first one's normalization;
+- `qdq_adain_snake_model`: the same block after static INT8 (QDQ): AdaIN + Snake between a
+  uint8 input and a quantized Conv, and between a float input and another, in Kokoro's 1-D or
+  its conv2d layout (Squeeze/Unsqueeze around the chain);
 - `stft_model`: a windowed one-sided STFT followed by Kokoro's transpose;
 - `plain_model`: MatMul + Relu, nothing any pass can fuse or rewrite;
 - `aligner_model`: a tiny Kokoro-contract TTS (tokens/style/speed -> audio) with a text conv,
@@ -174,6 +177,102 @@ def adain_snake_model(
         inits,
     )
     feeds = {
+        "x": (rng.standard_normal((1, c, frames)) * 2 + 0.5).astype(np.float32),
+        "style": rng.standard_normal((1, 8)).astype(np.float32),
+    }
+    return model, feeds
+
+
+def qdq_adain_snake_model(
+    seed: int = 0, *, channels: int = 8, frames: int = 96, conv2d_layout: bool = False
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """u (uint8) -> DQ -> AdaIN -> Snake -> Q -> DQ -> Conv -> y_int8, and
+    x (float) -> AdaIN -> Snake -> Q -> DQ -> Conv -> y_float, as ORT's quantizer writes them."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    alpha = rng.uniform(0.2, 1.6, (1, c, 1)).astype(np.float32)
+    kernel = [1, 3] if conv2d_layout else [3]
+    inits: dict[str, Any] = {
+        "flat": np.array([-1], np.int64),
+        "one": np.array(1.0, np.float32),
+        "two": np.array(2.0, np.float32),
+        "ax2": np.array([2], np.int64),
+        "alpha": alpha,
+        "inv_alpha": (1.0 / alpha).astype(np.float32),
+        "s_in": np.array(0.05, np.float32),
+        "z_in": np.array(128, np.uint8),
+        "s_out": np.array(0.04, np.float32),
+        "z_out": np.array(100, np.uint8),
+        "w_scale": np.full(c, 0.01, np.float32),
+        "w_zero": np.zeros(c, np.int8),
+    }
+    nodes: list[onnx.NodeProto] = []
+    for branch in ("q", "f"):
+        for part in ("g", "b"):
+            inits[f"{branch}_fc_{part}"] = (rng.standard_normal((8, c)) * 0.3).astype(np.float32)
+        w = rng.integers(-100, 100, (c, c, *kernel)).astype(np.int8)
+        inits[f"{branch}_w"] = w
+        inits[f"{branch}_bias"] = (rng.standard_normal(c) * 0.1).astype(np.float32)
+        source = f"{branch}_x3"
+        if branch == "q":
+            dq_out = "q_x4" if conv2d_layout else source
+            nodes.append(N("DequantizeLinear", ["u", "s_in", "z_in"], [dq_out]))
+            if conv2d_layout:
+                nodes.append(N("Squeeze", [dq_out, "ax2"], [source]))
+        else:
+            source = "x"
+        snake_out = f"{branch}_snake"
+        nodes += [
+            N("MatMul", ["style", f"{branch}_fc_g"], [f"{branch}_g0"]),
+            N("Reshape", [f"{branch}_g0", "flat"], [f"{branch}_g1"]),
+            N("Add", [f"{branch}_g1", "one"], [f"{branch}_g"]),
+            N("MatMul", ["style", f"{branch}_fc_b"], [f"{branch}_b0"]),
+            N("Reshape", [f"{branch}_b0", "flat"], [f"{branch}_b"]),
+            N(
+                "InstanceNormalization",
+                [source, f"{branch}_g", f"{branch}_b"],
+                [f"{branch}_n"],
+                epsilon=1e-5,
+            ),
+            N("Mul", ["alpha", f"{branch}_n"], [f"{branch}_ax"]),
+            N("Sin", [f"{branch}_ax"], [f"{branch}_sin"]),
+            N("Pow", [f"{branch}_sin", "two"], [f"{branch}_sin2"]),
+            N("Mul", ["inv_alpha", f"{branch}_sin2"], [f"{branch}_t"]),
+            N("Add", [f"{branch}_n", f"{branch}_t"], [snake_out]),
+        ]
+        if conv2d_layout:
+            nodes.append(N("Unsqueeze", [snake_out, "ax2"], [f"{branch}_snake4"]))
+            snake_out = f"{branch}_snake4"
+        nodes += [
+            N("QuantizeLinear", [snake_out, "s_out", "z_out"], [f"{branch}_v"]),
+            N("DequantizeLinear", [f"{branch}_v", "s_out", "z_out"], [f"{branch}_vf"]),
+            N("DequantizeLinear", [f"{branch}_w", "w_scale", "w_zero"], [f"{branch}_wf"], axis=0),
+            N(
+                "Conv",
+                [f"{branch}_vf", f"{branch}_wf", f"{branch}_bias"],
+                [f"y_{branch}"],
+                kernel_shape=kernel,
+                pads=[0, 1, 0, 1] if conv2d_layout else [1, 1],
+            ),
+        ]
+    u_shape = [1, c, 1, frames] if conv2d_layout else [1, c, frames]
+    y_shape = u_shape
+    model = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("u", TensorProto.UINT8, u_shape),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, frames]),
+            helper.make_tensor_value_info("style", TensorProto.FLOAT, [1, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("y_q", TensorProto.FLOAT, y_shape),
+            helper.make_tensor_value_info("y_f", TensorProto.FLOAT, y_shape),
+        ],
+        inits,
+    )
+    codes = np.clip(np.round(rng.normal(120, 30, u_shape)), 0, 255).astype(np.uint8)
+    feeds = {
+        "u": codes,
         "x": (rng.standard_normal((1, c, frames)) * 2 + 0.5).astype(np.float32),
         "style": rng.standard_normal((1, 8)).astype(np.float32),
     }

@@ -1,0 +1,381 @@
+"""Post-quantization rewrite: a quantized Conv -> AdaIN -> Snake -> quantized Conv chain becomes
+a per-channel lookup table.
+
+In Kokoro's resblocks the first Conv of each pair is INT8 and so is the second, and between
+them run AdaIN and Snake in float:
+
+    u = QLinearConv(...)                      uint8 [1, C, T]
+    x = DequantizeLinear(u); n = InstanceNormalization(x, g(style), b(style))
+    y = n + sin(a * n)^2 / a;  v = QuantizeLinear(y)   ->  QLinearConv(v, ...)
+
+For one utterance every step after the norm's statistics is a fixed function of channel and
+value, and u has only 256 values. So `v[c, t] = table[c, u[c, t]]` with a [C, 256] table that
+the same ops compute from the 256 levels of u, after the per-channel mean and variance of x.
+Per element that is a Cast and a GatherElements instead of the norm, the Snake's five passes
+(one of them ORT's single-threaded Sin) and a QuantizeLinear; the result is the same uint8
+tensor up to float rounding of the statistics, so quality does not move.
+
+With `float_inputs`, chains whose norm reads a float tensor (the first AdaIN + Snake of each
+resblock pair, fed by the residual sum) get a table too: the plain norm of x is quantized to
+8 bits over +-`normalized_range` standard deviations (a fixed per-tensor scale suits it: every
+channel of a norm's output has unit variance), and the table maps those codes. That adds one
+rounding where the model had none, so it is approximate: on Kokoro it moved the log-mel
+distance to FP32 by +0.005 at a range of 12 (6: +0.013, 8: +0.006, 16: +0.008, 24: +0.011).
+
+Matched only when it is certain: per-tensor uint8 quantization at the chain's end (and at its
+start, for the exact form), a rank-3 InstanceNormalization reading the dequantized u (directly
+or through a Squeeze that the chain undoes with the same Unsqueeze), and a chain of element-wise
+ops whose other inputs are constants with no time extent. Everything else is left alone and
+counted in `skipped`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from pydantic import Field
+
+from kokoro_opt.graph.edit import (
+    GraphIndex,
+    attrs,
+    clone,
+    finalize,
+    opset_version,
+)
+from kokoro_opt.passes.base import PassConfig, PassContext, PassResult
+from kokoro_opt.passes.verify import known_shapes
+
+ELEMENTWISE = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Sin", "Cos", "Reciprocal", "Neg", "Abs", "Exp", "Tanh"}
+    | {"Sigmoid", "Relu", "LeakyRelu", "Sqrt"}
+)
+LEVELS = 256
+
+
+class Config(PassConfig):
+    float_inputs: bool = False
+    """Also chains whose norm reads a float tensor: the normalized input is first quantized to
+    8 bits over +-`normalized_range` standard deviations (approximate, unlike the rest)."""
+    normalized_range: float = Field(default=12.0, gt=0.0)
+
+
+@dataclass
+class _Chain:
+    """One matched site: u (uint8) -> DQ -> [Squeeze] -> norm -> body -> [Unsqueeze] -> Q."""
+
+    u: str | None
+    u_rank: int
+    dq: onnx.NodeProto | None
+    squeeze: onnx.NodeProto | None
+    norm: onnx.NodeProto
+    body: list[onnx.NodeProto]
+    unsqueeze: onnx.NodeProto | None
+    quant: onnx.NodeProto
+
+
+def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
+    """Replace every matched chain of a copy of `model` with a lookup table."""
+    work = clone(model)
+    index = GraphIndex(work.graph)
+    opset = opset_version(work)
+    norms = [n for n in work.graph.node if n.op_type == "InstanceNormalization"]
+    skipped: dict[str, int] = {}
+    rewritten = {"int8": 0, "float": 0}
+    if opset < 13:
+        skipped["opset below 13"] = len(norms)
+        norms = []
+    # Ranks of the norm inputs and of the tensors their dequantizers read (a probe run fills in
+    # what ONNX shape inference cannot see past ORT's own ops).
+    probe = [n.input[0] for n in norms]
+    probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
+    probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
+    shapes = known_shapes(work, probe, threads=ctx.threads) if norms else {}
+    ranks = {name: len(shape) for name, shape in shapes.items()}
+    for i, norm in enumerate(norms):
+        ctx.report("rewrite qlut", i + 1, len(norms))
+        chain = _match(index, norm, ranks, config)
+        if isinstance(chain, str):
+            skipped[chain] = skipped.get(chain, 0) + 1
+            continue
+        _replace(index, chain, opset, config)
+        rewritten["float" if chain.dq is None else "int8"] += 1
+    removed = finalize(work.graph) if any(rewritten.values()) else {"nodes_removed": 0}
+    details: dict[str, Any] = {
+        "rewritten": sum(rewritten.values()),
+        "from_int8": rewritten["int8"],
+        "from_float": rewritten["float"],
+        "skipped": skipped,
+        "nodes_before": len(model.graph.node),
+        "nodes_after": len(work.graph.node),
+        "dead_nodes_removed": removed["nodes_removed"],
+    }
+    return PassResult(work, details)
+
+
+def _match(
+    index: GraphIndex, norm: onnx.NodeProto, ranks: dict[str, int], config: Config
+) -> _Chain | str:
+    """The chain around `norm`, or why it does not qualify."""
+    x = norm.input[0]
+    if ranks.get(x) != 3:
+        return "norm input is not [1, C, T]"
+    producer = index.producer.get(x)
+    squeeze = None
+    if producer is not None and producer.op_type == "Squeeze":
+        squeeze = producer
+        producer = index.producer.get(producer.input[0])
+    dq = producer if producer is not None and producer.op_type == "DequantizeLinear" else None
+    if dq is None and not config.float_inputs:
+        return "norm input is not dequantized"
+    if dq is not None and not _uint8_per_tensor(index, dq):
+        return "not per-tensor uint8"
+    u_rank = ranks.get(dq.input[0]) if dq is not None else 3
+    if dq is None:
+        squeeze = None  # the float path quantizes the [1, C, T] norm input itself
+    elif squeeze is not None:
+        axes = _axes(index, squeeze)
+        if axes is None or u_rank is None or len(axes) != u_rank - 3:
+            return "squeeze axes unknown"
+        if not all(1 < a % u_rank < u_rank - 1 for a in axes):
+            return "squeeze moves the time axis"
+
+    # Walk the element-wise body from the norm's output to exactly one QuantizeLinear.
+    inside = {norm.output[0]}
+    body: list[onnx.NodeProto] = []
+    unsqueeze = quant = None
+    frontier = [norm.output[0]]
+    while frontier:
+        name = frontier.pop()
+        if index.is_output(name):
+            return "chain tensor is a graph output"
+        for user in index.users(name):
+            if user in body or user is unsqueeze or user is quant:
+                continue
+            if user.op_type in ELEMENTWISE and user.domain in ("", "ai.onnx"):
+                body.append(user)
+                inside.update(user.output)
+                frontier.extend(user.output)
+            elif user.op_type == "Unsqueeze" and unsqueeze is None and (squeeze or dq is None):
+                unsqueeze = user
+                frontier.extend(user.output)
+            elif user.op_type == "QuantizeLinear" and quant is None:
+                quant = user
+            else:
+                return f"chain reaches {user.op_type}"
+    if quant is None:
+        return "chain ends in no QuantizeLinear"
+    if not _uint8_per_tensor(index, quant):
+        return "not per-tensor uint8"
+    if dq is not None and (squeeze is None) != (unsqueeze is None):
+        return "squeeze is not undone"
+    if unsqueeze is not None and quant.input[0] != unsqueeze.output[0]:
+        return "unsqueeze does not feed the quantizer"
+    if squeeze is not None and _axes(index, unsqueeze) != _axes(index, squeeze):  # type: ignore[arg-type]
+        return "unsqueeze does not undo the squeeze"
+    end = unsqueeze.input[0] if unsqueeze is not None else quant.input[0]
+    if end not in inside:
+        return "chain does not reach the quantizer"
+    for node in body:
+        for name in node.input:
+            if name and name not in inside and not _per_channel_constant(index, name):
+                return "chain reads a non-constant tensor"
+    ordered = _ordered(body, inside, norm.output[0])
+    if ordered is None:
+        return "chain has a cycle"
+    u = dq.input[0] if dq is not None else None
+    return _Chain(u, u_rank or 3, dq, squeeze, norm, ordered, unsqueeze, quant)
+
+
+def _replace(index: GraphIndex, chain: _Chain, opset: int, config: Config) -> None:
+    """The norm's output for the 256 codes, the chain on that [1, C, 256] table, a gather."""
+    norm, base = chain.norm, chain.norm.name
+    per_channel = index.add_initializer(f"{base}/per_channel", np.array([1, -1, 1], np.int64))
+    if chain.dq is None:
+        normed, u = _float_codes(index, chain, config.normalized_range)
+    else:
+        normed, u = _dequantized_codes(index, chain, opset, per_channel), str(chain.u)
+    gamma = index.add_node("Reshape", [norm.input[1], per_channel], 1, name=f"{base}/gamma")
+    beta = index.add_node("Reshape", [norm.input[2], per_channel], 1, name=f"{base}/beta")
+    scaled = index.add_node("Mul", [normed, gamma.output[0]], 1, name=f"{base}/scaled")
+    table_in = index.add_node("Add", [scaled.output[0], beta.output[0]], 1, name=f"{base}/affine")
+
+    # The chain itself, cloned onto the table. On the float path the gather runs in the norm's
+    # [1, C, T] layout and the chain's Unsqueeze (if any) follows it.
+    renamed = {norm.output[0]: table_in.output[0]}
+    after_gather = [chain.unsqueeze] if chain.unsqueeze is not None and chain.dq is None else []
+    on_table = [n for n in [*chain.body, chain.unsqueeze, chain.quant] if n is not None]
+    for node in [n for n in on_table if n not in after_gather]:
+        inputs = [renamed.get(name, name) for name in node.input]
+        copy = index.add_node(
+            node.op_type, inputs, len(node.output), name=f"{node.name}/table", **attrs(node)
+        )
+        renamed.update(zip(node.output, copy.output, strict=True))
+    table = renamed[after_gather[0].input[0] if after_gather else chain.quant.output[0]]
+    if after_gather:  # Unsqueeze's input is the last body node; quantize the table there
+        q = chain.quant
+        table = index.add_node(
+            "QuantizeLinear", [table, *q.input[1:]], 1, name=f"{q.name}/table", **attrs(q)
+        ).output[0]
+
+    idx = index.add_node("Cast", [u], 1, name=f"{base}/index", to=TensorProto.INT32)
+    out = index.add_node(
+        "GatherElements", [table, idx.output[0]], 1, name=f"{base}/lookup", axis=chain.u_rank - 1
+    ).output[0]
+    for node in after_gather:
+        out = index.add_node(
+            node.op_type, [out, *node.input[1:]], 1, name=f"{node.name}/codes", **attrs(node)
+        ).output[0]
+    index.replace_uses(chain.quant.output[0], out)
+
+
+def _dequantized_codes(index: GraphIndex, chain: _Chain, opset: int, per_channel: str) -> str:
+    """[1, C, 256]: the norm's output (before its affine) for each code of the uint8 input."""
+    base, u = chain.norm.name, str(chain.u)
+    eps = float(attrs(chain.norm).get("epsilon", 1e-5))
+    scale = float(index.const(chain.dq.input[1]).reshape(-1)[0])  # type: ignore[union-attr]
+
+    # Statistics from the codes cast to float (0..255: no cancellation worth the name in
+    # E[u^2] - E[u]^2), not from the dequantized tensor: ORT gives every reader of a
+    # DequantizeLinear its own copy, so two reductions would dequantize twice. The zero point
+    # cancels in (u - mean_u); x = scale * (u - zero) so var_x + eps = scale^2 (var_u + eps').
+    codes_f = index.add_node("Cast", [u], 1, name=f"{base}/codes_f", to=TensorProto.FLOAT)
+    mean_u = _reduce(index, "ReduceMean", codes_f.output[0], opset, f"{base}/mean_u")
+    sum_sq = _reduce(index, "ReduceSumSquare", codes_f.output[0], opset, f"{base}/sum_sq")
+    length = index.add_node("Shape", [u], 1, name=f"{base}/length", start=-1)
+    length_f = index.add_node(
+        "Cast", [length.output[0]], 1, name=f"{base}/length_f", to=TensorProto.FLOAT
+    )
+    mean_sq = index.add_node("Div", [sum_sq, length_f.output[0]], 1, name=f"{base}/mean_sq")
+    sq_mean = index.add_node("Mul", [mean_u, mean_u], 1, name=f"{base}/sq_mean")
+    var_u = index.add_node("Sub", [mean_sq.output[0], sq_mean.output[0]], 1, name=f"{base}/var_u")
+    eps_u = index.add_initializer(f"{base}/eps_u", np.array(eps / scale**2, np.float32))
+    var_eps = index.add_node("Add", [var_u.output[0], eps_u], 1, name=f"{base}/var_eps")
+    std_u = index.add_node("Sqrt", [var_eps.output[0]], 1, name=f"{base}/std_u")
+    mean_c = index.add_node("Reshape", [mean_u, per_channel], 1, name=f"{base}/mean_c")
+    std_c = index.add_node("Reshape", [std_u.output[0], per_channel], 1, name=f"{base}/std_c")
+
+    codes = index.add_initializer(
+        f"{base}/codes", np.arange(LEVELS, dtype=np.float32).reshape(1, 1, LEVELS)
+    )
+    centred = index.add_node("Sub", [codes, mean_c.output[0]], 1, name=f"{base}/centred")
+    return index.add_node(
+        "Div", [centred.output[0], std_c.output[0]], 1, name=f"{base}/normed"
+    ).output[0]
+
+
+def _float_codes(index: GraphIndex, chain: _Chain, normalized_range: float) -> tuple[str, str]:
+    """Quantize the plain norm of the float input (8 bits over +-range std); returns the
+    [1, 1, 256] normalized value of each code and the codes."""
+    base, norm = chain.norm.name, chain.norm
+    step = normalized_range / (LEVELS / 2)
+    x = norm.input[0]
+    ones_like = index.add_node("Shape", [norm.input[1]], 1, name=f"{base}/channels")
+    ones = index.add_node(
+        "ConstantOfShape",
+        [ones_like.output[0]],
+        1,
+        name=f"{base}/ones",
+        value=onnx.numpy_helper.from_array(np.ones(1, np.float32)),
+    )
+    zeros = index.add_node(
+        "ConstantOfShape",
+        [ones_like.output[0]],
+        1,
+        name=f"{base}/zeros",
+        value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)),
+    )
+    plain = index.add_node(
+        "InstanceNormalization",
+        [x, ones.output[0], zeros.output[0]],
+        1,
+        name=f"{base}/plain",
+        epsilon=float(attrs(norm).get("epsilon", 1e-5)),
+    )
+    step_name = index.add_initializer(f"{base}/step", np.array(step, np.float32))
+    middle = index.add_initializer(f"{base}/middle", np.array(LEVELS // 2, np.uint8))
+    codes = index.add_node(
+        "QuantizeLinear", [plain.output[0], step_name, middle], 1, name=f"{base}/codes"
+    )
+    values = step * (np.arange(LEVELS, dtype=np.float32) - LEVELS // 2)
+    normed = index.add_initializer(f"{base}/normed", values.reshape(1, 1, LEVELS))
+    return normed, codes.output[0]
+
+
+def _reduce(index: GraphIndex, op: str, x: str, opset: int, name: str) -> str:
+    """`op` over the last axis, keeping dims (axes as an input from opset 18)."""
+    if opset >= 18:
+        axes = index.add_initializer(f"{name}/axes", np.array([-1], np.int64))
+        return index.add_node(op, [x, axes], 1, name=name, keepdims=1).output[0]
+    return index.add_node(op, [x], 1, name=name, axes=[-1], keepdims=1).output[0]
+
+
+def _uint8_per_tensor(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Scalar scale and a uint8 zero point (the 256 levels index the table directly)."""
+    if len(node.input) < 3:
+        return False
+    scale, zero = index.const(node.input[1]), index.const(node.input[2])
+    if scale is None or zero is None:
+        return False
+    return scale.size == 1 and zero.size == 1 and zero.dtype == np.uint8
+
+
+def _axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        value = index.const(node.input[1])
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    found = attrs(node).get("axes")
+    return None if found is None else [int(v) for v in found]
+
+
+def _per_channel_constant(index: GraphIndex, name: str) -> bool:
+    """A constant (possibly computed from constants) with no extent along time (last axis)."""
+    value = _constant_value(index, name, depth=0)
+    return value is not None and (value.ndim == 0 or value.shape[-1] == 1) and value.ndim <= 3
+
+
+def _constant_value(index: GraphIndex, name: str, depth: int) -> np.ndarray | None:
+    value = index.const(name)
+    if value is not None or depth > 4:
+        return value
+    node = index.producer.get(name)
+    if node is None or node.op_type not in ELEMENTWISE or len(node.output) != 1:
+        return None
+    inputs = [_constant_value(index, i, depth + 1) for i in node.input]
+    if any(v is None for v in inputs):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node(
+                node.op_type, [f"i{k}" for k in range(len(inputs))], ["o"], **attrs(node)
+            )
+        ],
+        "const",
+        [],
+        [onnx.helper.make_value_info("o", onnx.TypeProto())],
+        [onnx.numpy_helper.from_array(v, f"i{k}") for k, v in enumerate(inputs)],  # type: ignore[arg-type]
+    )
+    return np.asarray(ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, {})[0])
+
+
+def _ordered(
+    body: list[onnx.NodeProto], inside: set[str], start: str
+) -> list[onnx.NodeProto] | None:
+    """`body` in an order where each node comes after the body nodes it reads."""
+    ready = {start}
+    pending, ordered = list(body), []
+    while pending:
+        node = next(
+            (n for n in pending if all(i in ready or i not in inside for i in n.input)), None
+        )
+        if node is None:
+            return None
+        ordered.append(node)
+        ready.update(node.output)
+        pending.remove(node)
+    return ordered
