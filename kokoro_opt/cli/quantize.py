@@ -127,6 +127,14 @@ def quantize(
             "file shrinks, the speed does not change).",
         ),
     ] = True,
+    lookup_tables: Annotated[
+        str,
+        typer.Option(
+            help="Turn the AdaIN + Snake chains that feed INT8 Convs into per-channel lookup "
+            "tables: 'all' (also where the chain's input is float: one extra 8-bit rounding), "
+            "'exact' (only between INT8 Convs: same output up to rounding) or 'none'.",
+        ),
+    ] = "all",
     calib: Annotated[
         str,
         typer.Option(
@@ -192,6 +200,7 @@ def quantize(
         "include": _split(include) if include else list(builtin_include),
         "exclude": list(builtin_exclude) + list(exclude or []),
         "weight_only_rest": weight_only_rest,
+        "lookup_tables": lookup_tables,
         "calib": calib,
         "text_column": text_column,
         "lang": lang,
@@ -298,6 +307,13 @@ def _render(manifest: dict[str, Any], model_path: Path) -> None:
     if rewrites:
         summary.add_row(
             "Rewrites", ", ".join(f"{n} {info['rewritten']}" for n, info in rewrites.items())
+        )
+    tables = details.get("lookup_tables") or {}
+    if tables:
+        summary.add_row(
+            "Lookup tables",
+            f"{tables['rewritten']} AdaIN + Snake chains ({tables['from_int8']} from INT8, "
+            f"{tables['from_float']} from float inputs)",
         )
     cal = details["calibration"]
     summary.add_row(

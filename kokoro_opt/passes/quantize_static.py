@@ -25,6 +25,11 @@ convs; the last conv (`convs2.2`) of the three high-rate residual blocks and two
 `resblocks.1` stay float; every other weight is stored as int8 but computed in float
 (`weight_only_rest`).
 
+After quantizing, the AdaIN + Snake chains that feed an INT8 Conv become per-channel lookup
+tables (`lookup_tables`, see `rewrite_qlut`): `exact` only where the chain's input is INT8 too
+(the same uint8 result up to rounding), `all` (default) also where it is float, after an 8-bit
+rounding of its normalized input. Most of ORT's single-threaded Sin work goes with them.
+
 Before calibrating, the pass applies the graph rewrites that keep static INT8's quality
 (`rewrites`, default `instnorm,conv2d`, the same as `optimize --for-quantization`): the Convs
 that stay float then run on ORT's NCHWc kernels and the instance norms fuse, 2-5 % faster than
@@ -63,6 +68,7 @@ from kokoro_opt.calib.feeds import (
 )
 from kokoro_opt.errors import ModelFormatError, UserInputError
 from kokoro_opt.graph.inspect import detect_quant_style
+from kokoro_opt.passes import rewrite_qlut
 from kokoro_opt.passes import rewrites as graph_rewrites
 from kokoro_opt.passes.base import PassConfig, PassContext, PassResult
 from kokoro_opt.runtime.contract import ModelContract
@@ -120,6 +126,7 @@ class Config(PassConfig):
     include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     weight_only_rest: bool = True
+    lookup_tables: Literal["all", "exact", "none"] = "all"
     calib: str = "train"
     text_column: str | None = None
     lang: str = "en-us"
@@ -300,6 +307,11 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     int8_stored: dict[str, int] = {}
     if config.weight_only_rest:
         quantized, int8_stored = int8_weights(quantized)
+    tables: dict[str, Any] = {}
+    if config.lookup_tables != "none":
+        tables_config = rewrite_qlut.Config(float_inputs=config.lookup_tables == "all")
+        result = rewrite_qlut.run(quantized, tables_config, ctx)
+        quantized, tables = result.model, result.details
     timings["quantize_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
 
@@ -310,6 +322,7 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
         "excluded": selection["excluded"],
         "unmatched_patterns": selection["unmatched"],
         "rewrites": rewritten,
+        "lookup_tables": tables,
         "bytes_before": bytes_before,
         "bytes_after": quantized.ByteSize(),
         "calibration": {

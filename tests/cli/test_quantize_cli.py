@@ -35,6 +35,8 @@ def test_quantize_writes_model_and_manifest(
     assert "Conv" in res.stdout and "Size" in res.stdout
     assert manifest["settings"]["rewrites"] == ["instnorm", "conv2d"]
     assert "Rewrites" in res.stdout and "conv2d" in res.stdout
+    assert manifest["settings"]["lookup_tables"] == "all"
+    assert manifest["details"]["lookup_tables"]["rewritten"] == 0  # no AdaIN in this model
     assert sorted(p.name for p in out.parent.iterdir()) == ["int8.onnx", "int8.onnx.json"]
 
 
@@ -45,13 +47,14 @@ def test_quantize_json_and_options(
     args = ["quantize", str(synthetic_fp32), "-o", str(out), "--samples", "2", "--per-tensor"]
     args += ["--all-nodes", "--ops", "Conv,MatMul", "--exclude", "*/conv_post/*"]
     args += ["--method", "minmax", "--voices", "jf_alpha", "--speeds", "1.0", "--json"]
-    args += ["--rewrites", "none"]
+    args += ["--rewrites", "none", "--lookup-tables", "none"]
     res = run_cli(args, capsys)
     assert res.exit_code == 0, res.stderr
     manifest = json.loads(res.stdout)
     assert manifest["settings"]["per_channel"] is False
     assert manifest["settings"]["include"] == []
     assert manifest["settings"]["rewrites"] == [] and manifest["details"]["rewrites"] == {}
+    assert manifest["details"]["lookup_tables"] == {}
     assert manifest["details"]["quantized"]["MatMul"] >= 1
     assert "/decoder/decoder/generator/conv_post/Conv" in manifest["details"]["excluded"]
     assert manifest["details"]["calibration"]["voices"] == {"jf_alpha": 2}
@@ -63,6 +66,7 @@ def test_quantize_json_and_options(
         (["--ops", "LSTM"], "cannot be quantized statically"),
         (["--ops", "Conv,Banana"], "unknown op type"),
         (["--rewrites", "instnorm,gelu"], "unknown rewrite"),
+        (["--lookup-tables", "some"], "lookup_tables"),
         (["--calib", "missing-corpus.txt"], "does not exist"),
         (["--calib", "heldout"], "held out"),
         (["--speeds", "fast"], "--speeds"),
