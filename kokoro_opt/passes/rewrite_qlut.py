@@ -94,10 +94,9 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
     probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
     shapes = known_shapes(work, probe, threads=ctx.threads) if norms else {}
-    ranks = {name: len(shape) for name, shape in shapes.items()}
     for i, norm in enumerate(norms):
         ctx.report("rewrite qlut", i + 1, len(norms))
-        chain = _match(index, norm, ranks, config)
+        chain = _match(index, norm, shapes, config)
         if isinstance(chain, str):
             skipped[chain] = skipped.get(chain, 0) + 1
             continue
@@ -117,11 +116,12 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
 
 
 def _match(
-    index: GraphIndex, norm: onnx.NodeProto, ranks: dict[str, int], config: Config
+    index: GraphIndex, norm: onnx.NodeProto, shapes: dict[str, list[Any]], config: Config
 ) -> _Chain | str:
     """The chain around `norm`, or why it does not qualify."""
     x = norm.input[0]
-    if ranks.get(x) != 3:
+    shape = shapes.get(x) or []
+    if len(shape) != 3 or shape[0] != 1:  # the table is per channel of one sample
         return "norm input is not [1, C, T]"
     producer = index.producer.get(x)
     squeeze = None
@@ -133,7 +133,9 @@ def _match(
         return "norm input is not dequantized"
     if dq is not None and not _uint8_per_tensor(index, dq):
         return "not per-tensor uint8"
-    u_rank = ranks.get(dq.input[0]) if dq is not None else 3
+    u_rank: int | None = 3
+    if dq is not None:
+        u_rank = len(shapes.get(dq.input[0]) or []) or None
     if dq is None:
         squeeze = None  # the float path quantizes the [1, C, T] norm input itself
     elif squeeze is not None:

@@ -95,6 +95,15 @@ def test_time_varying_operand_is_not_a_table() -> None:
     assert result.details["skipped"]["chain reads a non-constant tensor"] == 1
 
 
+def test_batch_not_one_is_left_alone() -> None:
+    model, _ = qdq_adain_snake_model()
+    for graph_input in model.graph.input:
+        graph_input.type.tensor_type.shape.dim[0].dim_param = "batch"
+    result = rewrite_qlut.run(model, rewrite_qlut.Config(float_inputs=True), PassContext())
+    assert result.details["rewritten"] == 0
+    assert result.details["skipped"] == {"norm input is not [1, C, T]": 2}
+
+
 def test_nothing_to_match_keeps_the_model() -> None:
     model, _ = plain_model()
     result = rewrite_qlut.run(model, rewrite_qlut.Config(float_inputs=True), PassContext())
