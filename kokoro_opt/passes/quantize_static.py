@@ -25,16 +25,16 @@ convs; the last conv (`convs2.2`) of the three high-rate residual blocks and two
 `resblocks.1` stay float; every other weight is stored as int8 but computed in float
 (`weight_only_rest`).
 
-After quantizing, the AdaIN + Snake chains that feed an INT8 Conv become per-channel lookup
-tables (`lookup_tables`, see `rewrite_qlut`): `exact` only where the chain's input is INT8 too
-(the same uint8 result up to rounding), `all` (default) also where it is float, after an 8-bit
-rounding of its normalized input. Most of ORT's single-threaded Sin work goes with them.
-
 Before calibrating, the pass applies the graph rewrites that keep static INT8's quality
 (`rewrites`, default `instnorm,conv2d`, the same as `optimize --for-quantization`): the Convs
 that stay float then run on ORT's NCHWc kernels and the instance norms fuse, 2-5 % faster than
 quantizing the graph as given, with the same quality (docs/int8-static.md). The default node
 patterns match the rewritten names (`<conv>/conv2d`).
+
+After quantizing, the AdaIN + Snake chains that feed an INT8 Conv become per-channel lookup
+tables (`lookup_tables`, see `rewrite_qlut`): `exact` only where the chain's input is INT8 too
+(the same uint8 result up to rounding), `all` (default) also where it is float, after an 8-bit
+rounding of its normalized input. Most of ORT's single-threaded Sin work goes with them.
 
 Calibration runs one sample at a time, so memory stays that of one input, and reports progress
 per sample.
