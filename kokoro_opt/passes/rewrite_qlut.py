@@ -253,7 +253,9 @@ def _dequantized_codes(index: GraphIndex, chain: _Chain, opset: int, per_channel
     )
     mean_sq = index.add_node("Div", [sum_sq, length_f.output[0]], 1, name=f"{base}/mean_sq")
     sq_mean = index.add_node("Mul", [mean_u, mean_u], 1, name=f"{base}/sq_mean")
-    var_u = index.add_node("Sub", [mean_sq.output[0], sq_mean.output[0]], 1, name=f"{base}/var_u")
+    diff = index.add_node("Sub", [mean_sq.output[0], sq_mean.output[0]], 1, name=f"{base}/diff")
+    # A constant channel can come out a hair below zero in float32 sums: clamp before sqrt.
+    var_u = index.add_node("Relu", [diff.output[0]], 1, name=f"{base}/var_u")
     eps_u = index.add_initializer(f"{base}/eps_u", np.array(eps / scale**2, np.float32))
     var_eps = index.add_node("Add", [var_u.output[0], eps_u], 1, name=f"{base}/var_eps")
     std_u = index.add_node("Sqrt", [var_eps.output[0]], 1, name=f"{base}/std_u")
@@ -275,17 +277,17 @@ def _float_codes(index: GraphIndex, chain: _Chain, normalized_range: float) -> t
     base, norm = chain.norm.name, chain.norm
     step = normalized_range / (LEVELS / 2)
     x = norm.input[0]
-    ones_like = index.add_node("Shape", [norm.input[1]], 1, name=f"{base}/channels")
+    channels = index.add_node("Shape", [norm.input[1]], 1, name=f"{base}/channels")
     ones = index.add_node(
         "ConstantOfShape",
-        [ones_like.output[0]],
+        [channels.output[0]],
         1,
         name=f"{base}/ones",
         value=onnx.numpy_helper.from_array(np.ones(1, np.float32)),
     )
     zeros = index.add_node(
         "ConstantOfShape",
-        [ones_like.output[0]],
+        [channels.output[0]],
         1,
         name=f"{base}/zeros",
         value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)),
