@@ -154,6 +154,16 @@ def _configure_espeak() -> None:
 
     EspeakWrapper.set_library(espeakng_loader.get_library_path())
     EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
+    # misaki hands espeak single words with their punctuation, which phonemizer reports as a
+    # "words count mismatch" on every such call; the phonemes are right, the warning is noise.
+    phonemizer_logger = logging.getLogger("phonemizer")
+    if not any(isinstance(f, _WordsMismatchFilter) for f in phonemizer_logger.filters):
+        phonemizer_logger.addFilter(_WordsMismatchFilter())
+
+
+class _WordsMismatchFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "words count mismatch" not in record.getMessage()
 
 
 def _load_spacy_small(components: list[str]) -> Any:
