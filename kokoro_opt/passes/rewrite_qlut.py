@@ -39,13 +39,7 @@ import onnx
 from onnx import TensorProto
 from pydantic import Field
 
-from kokoro_opt.graph.edit import (
-    GraphIndex,
-    attrs,
-    clone,
-    finalize,
-    opset_version,
-)
+from kokoro_opt.graph.edit import GraphIndex, attrs, clone, finalize, opset_version
 from kokoro_opt.passes.base import PassConfig, PassContext, PassResult
 from kokoro_opt.passes.verify import known_shapes
 
@@ -85,8 +79,8 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     norms = [n for n in work.graph.node if n.op_type == "InstanceNormalization"]
     skipped: dict[str, int] = {}
     rewritten = {"int8": 0, "float": 0}
-    if opset < 13:
-        skipped["opset below 13"] = len(norms)
+    if opset < 15:  # Shape's start/end (the time length) arrived in opset 15
+        skipped["opset below 15"] = len(norms)
         norms = []
     # Ranks of the norm inputs and of the tensors their dequantizers read (a probe run fills in
     # what ONNX shape inference cannot see past ORT's own ops).
@@ -95,7 +89,7 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
     shapes = known_shapes(work, probe, threads=ctx.threads) if norms else {}
     for i, norm in enumerate(norms):
-        ctx.report("rewrite qlut", i + 1, len(norms))
+        ctx.report("Lookup tables", i + 1, len(norms))
         chain = _match(index, norm, shapes, config)
         if isinstance(chain, str):
             skipped[chain] = skipped.get(chain, 0) + 1

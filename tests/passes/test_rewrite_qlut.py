@@ -119,6 +119,14 @@ def test_batch_not_one_is_left_alone() -> None:
     assert result.details["skipped"] == {"norm input is not [1, C, T]": 2}
 
 
+def test_old_opset_is_left_alone() -> None:
+    model, _ = qdq_adain_snake_model()
+    model.opset_import[0].version = 14  # no Shape(start, end) for the time length
+    result = rewrite_qlut.run(model, rewrite_qlut.Config(float_inputs=True), PassContext())
+    assert result.details["rewritten"] == 0
+    assert result.details["skipped"] == {"opset below 15": 2}
+
+
 def test_nothing_to_match_keeps_the_model() -> None:
     model, _ = plain_model()
     result = rewrite_qlut.run(model, rewrite_qlut.Config(float_inputs=True), PassContext())
