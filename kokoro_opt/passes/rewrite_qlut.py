@@ -331,34 +331,23 @@ def _axes(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
 
 def _per_channel_constant(index: GraphIndex, name: str) -> bool:
     """A constant (possibly computed from constants) with no extent along time (last axis)."""
-    value = _constant_value(index, name, depth=0)
-    return value is not None and (value.ndim == 0 or value.shape[-1] == 1) and value.ndim <= 3
+    shape = _constant_shape(index, name, depth=0)
+    return shape is not None and len(shape) <= 3 and (not shape or shape[-1] == 1)
 
 
-def _constant_value(index: GraphIndex, name: str, depth: int) -> np.ndarray | None:
+def _constant_shape(index: GraphIndex, name: str, depth: int) -> tuple[int, ...] | None:
+    """The shape of `name` when it is a constant or element-wise ops of constants (such as the
+    export's `Reciprocal(alpha)`), else None."""
     value = index.const(name)
-    if value is not None or depth > 4:
-        return value
+    if value is not None:
+        return value.shape
     node = index.producer.get(name)
-    if node is None or node.op_type not in ELEMENTWISE or len(node.output) != 1:
+    if node is None or node.op_type not in ELEMENTWISE or depth > 4:
         return None
-    inputs = [_constant_value(index, i, depth + 1) for i in node.input]
-    if any(v is None for v in inputs):
+    shapes = [_constant_shape(index, i, depth + 1) for i in node.input if i]
+    if any(shape is None for shape in shapes):
         return None
-    from onnx.reference import ReferenceEvaluator
-
-    graph = onnx.helper.make_graph(
-        [
-            onnx.helper.make_node(
-                node.op_type, [f"i{k}" for k in range(len(inputs))], ["o"], **attrs(node)
-            )
-        ],
-        "const",
-        [],
-        [onnx.helper.make_value_info("o", onnx.TypeProto())],
-        [onnx.numpy_helper.from_array(v, f"i{k}") for k, v in enumerate(inputs)],  # type: ignore[arg-type]
-    )
-    return np.asarray(ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, {})[0])
+    return tuple(np.broadcast_shapes(*shapes))  # type: ignore[arg-type]
 
 
 def _ordered(

@@ -222,6 +222,10 @@ def qdq_adain_snake_model(
         else:
             source = "x"
         snake_out = f"{branch}_snake"
+        inv_alpha = "inv_alpha"
+        if branch == "q":  # the export computes 1/alpha in the graph; one branch does too
+            inv_alpha = "q_inv_alpha"
+            nodes.append(N("Reciprocal", ["alpha"], [inv_alpha]))
         nodes += [
             N("MatMul", ["style", f"{branch}_fc_g"], [f"{branch}_g0"]),
             N("Reshape", [f"{branch}_g0", "flat"], [f"{branch}_g1"]),
@@ -237,7 +241,7 @@ def qdq_adain_snake_model(
             N("Mul", ["alpha", f"{branch}_n"], [f"{branch}_ax"]),
             N("Sin", [f"{branch}_ax"], [f"{branch}_sin"]),
             N("Pow", [f"{branch}_sin", "two"], [f"{branch}_sin2"]),
-            N("Mul", ["inv_alpha", f"{branch}_sin2"], [f"{branch}_t"]),
+            N("Mul", [inv_alpha, f"{branch}_sin2"], [f"{branch}_t"]),
             N("Add", [f"{branch}_n", f"{branch}_t"], [snake_out]),
         ]
         if conv2d_layout:
