@@ -24,6 +24,23 @@ def _codes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return run(probe, feeds)[2].astype(np.int32)
 
 
+def _reference_codes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The INT8 branch's Conv input computed in float64 with numpy: dequantize, instance norm
+    (two-pass variance), style affine, Snake, quantize (round half to even, as ONNX)."""
+    w = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    codes = feeds["u"].astype(np.float64).reshape(feeds["u"].shape[1], -1)
+    style = feeds["style"].astype(np.float64)
+    gamma = (style @ w["q_fc_g"]).reshape(-1, 1) + 1
+    beta = (style @ w["q_fc_b"]).reshape(-1, 1)
+    x = w["s_in"] * (codes - w["z_in"])
+    centred = x - x.mean(-1, keepdims=True)
+    normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-5) * gamma + beta
+    alpha = w["alpha"].reshape(-1, 1)
+    snake = normed + np.sin(alpha * normed) ** 2 / alpha
+    out = np.clip(np.round(snake / w["s_out"]) + w["z_out"], 0, 255)
+    return out.reshape(feeds["u"].shape).astype(np.int32)
+
+
 def _sins_over_time(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Sin nodes other than those computing a [1, C, 256] table."""
     return [n for n in model.graph.node if n.op_type == "Sin" and "/table" not in n.name]
@@ -42,21 +59,18 @@ def test_exact_tables_between_int8_tensors(conv2d_layout: bool) -> None:
     onnx.checker.check_model(result.model, full_check=True)
 
     np.testing.assert_array_equal(run(result.model, feeds)[1], run(model, feeds)[1])
-    # The same codes up to float rounding of the statistics: rare one-code flips.
-    before, after = _codes(model, feeds), _codes(result.model, feeds)
-    assert np.abs(after - before).max() <= 1
-    assert (after == before).mean() > 0.99
+    np.testing.assert_array_equal(_codes(result.model, feeds), _codes(model, feeds))
+    np.testing.assert_array_equal(_codes(result.model, feeds), _reference_codes(model, feeds))
 
 
-def test_silent_channels_keep_their_codes() -> None:
-    model, feeds = qdq_adain_snake_model(frames=4000)
-    feeds["u"][0, :3] = 251  # silent channels: variance 0, float32 sums a hair off
+def test_long_inputs_and_silent_channels_match_float64() -> None:
+    # 40k frames: float32 E[u^2] - E[u]^2 or ORT's ReduceSumSquare drift by 3e-4 of the
+    # variance there, and silent channels (variance 0) turn any such drift into wrong codes.
+    model, feeds = qdq_adain_snake_model(frames=40_000)
+    feeds["u"][0, :3] = 251
     result = rewrite_qlut.run(model, rewrite_qlut.Config(), PassContext())
     assert np.isfinite(run(result.model, feeds)[0]).all()
-    before, after = _codes(model, feeds), _codes(result.model, feeds)
-    # 0/0 in both: the silent channels may land one code apart, nothing worse
-    assert np.abs(after - before).max() <= 1
-    assert (after[:, 3:] == before[:, 3:]).mean() > 0.99
+    np.testing.assert_array_equal(_codes(result.model, feeds), _reference_codes(model, feeds))
 
 
 def test_float_inputs_are_rounded_once_then_looked_up() -> None:
