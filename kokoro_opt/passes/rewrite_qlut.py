@@ -12,8 +12,10 @@ For one utterance every step after the norm's statistics is a fixed function of 
 value, and u has only 256 values. So `v[c, t] = table[c, u[c, t]]` with a [C, 256] table that
 the same ops compute from the 256 levels of u, after the per-channel mean and variance of x.
 Per element that is a Cast and a GatherElements instead of the norm, the Snake's five passes
-(one of them ORT's single-threaded Sin) and a QuantizeLinear; the result is the same uint8
-tensor up to float rounding of the statistics, so quality does not move.
+(one of them ORT's single-threaded Sin) and a QuantizeLinear. The statistics are computed so
+that float32 cannot drift (an exact integer sum; squares around the rounded mean), so the
+codes match a float64 computation, which ORT's own InstanceNormalization does not on silent
+channels of long inputs.
 
 With `float_inputs`, chains whose norm reads a float tensor (the first AdaIN + Snake of each
 resblock pair, fed by the residual sum) get a table too: the plain norm of x is quantized to
