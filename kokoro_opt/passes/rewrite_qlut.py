@@ -266,17 +266,10 @@ def _dequantized_codes(index: GraphIndex, chain: _Chain, per_channel: str, codes
     zero_point = index.add_node(
         "Cast", [nearest_c.output[0]], 1, name=f"{base}/zero_point", to=TensorProto.UINT8
     )
-    channels = index.add_node("Shape", [zero_point.output[0]], 1, name=f"{base}/channels")
-    ones = index.add_node(
-        "ConstantOfShape",
-        [channels.output[0]],
-        1,
-        name=f"{base}/ones",
-        value=onnx.numpy_helper.from_array(np.ones(1, np.float32)),
-    )
+    ones = _filled_like(index, zero_point.output[0], 1.0, f"{base}/ones")
     around = index.add_node(
         "DequantizeLinear",
-        [u, ones.output[0], zero_point.output[0]],
+        [u, ones, zero_point.output[0]],
         1,
         name=f"{base}/around_mean",
         axis=1,
@@ -314,24 +307,11 @@ def _float_codes(index: GraphIndex, chain: _Chain, normalized_range: float) -> t
     base, norm = chain.norm.name, chain.norm
     step = normalized_range / (LEVELS / 2)
     x = norm.input[0]
-    channels = index.add_node("Shape", [norm.input[1]], 1, name=f"{base}/channels")
-    ones = index.add_node(
-        "ConstantOfShape",
-        [channels.output[0]],
-        1,
-        name=f"{base}/ones",
-        value=onnx.numpy_helper.from_array(np.ones(1, np.float32)),
-    )
-    zeros = index.add_node(
-        "ConstantOfShape",
-        [channels.output[0]],
-        1,
-        name=f"{base}/zeros",
-        value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)),
-    )
+    ones = _filled_like(index, norm.input[1], 1.0, f"{base}/ones")
+    zeros = _filled_like(index, norm.input[1], 0.0, f"{base}/zeros")
     plain = index.add_node(
         "InstanceNormalization",
-        [x, ones.output[0], zeros.output[0]],
+        [x, ones, zeros],
         1,
         name=f"{base}/plain",
         epsilon=float(attrs(norm).get("epsilon", 1e-5)),
@@ -344,6 +324,18 @@ def _float_codes(index: GraphIndex, chain: _Chain, normalized_range: float) -> t
     values = step * (np.arange(LEVELS, dtype=np.float32) - LEVELS // 2)
     normed = index.add_initializer(f"{base}/normed", values.reshape(1, 1, LEVELS))
     return normed, codes.output[0]
+
+
+def _filled_like(index: GraphIndex, like: str, value: float, name: str) -> str:
+    """A float tensor of `like`'s shape (a per-channel vector here) filled with `value`."""
+    shape = index.add_node("Shape", [like], 1, name=f"{name}/shape")
+    return index.add_node(
+        "ConstantOfShape",
+        [shape.output[0]],
+        1,
+        name=name,
+        value=onnx.numpy_helper.from_array(np.full(1, value, np.float32)),
+    ).output[0]
 
 
 def _sum_last(index: GraphIndex, x: str, name: str) -> str:
