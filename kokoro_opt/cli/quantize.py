@@ -132,7 +132,7 @@ def quantize(
         typer.Option(
             help="Turn the AdaIN + Snake chains that feed INT8 Convs into per-channel lookup "
             "tables: 'all' (also where the chain's input is float: one extra 8-bit rounding), "
-            "'exact' (only between INT8 Convs: same output up to rounding) or 'none'.",
+            "'exact' (only between INT8 Convs: the model's own codes) or 'none'.",
         ),
     ] = "all",
     calib: Annotated[

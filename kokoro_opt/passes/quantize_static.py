@@ -33,7 +33,7 @@ patterns match the rewritten names (`<conv>/conv2d`).
 
 After quantizing, the AdaIN + Snake chains that feed an INT8 Conv become per-channel lookup
 tables (`lookup_tables`, see `rewrite_qlut`): `exact` only where the chain's input is INT8 too
-(the same uint8 result up to rounding), `all` (default) also where it is float, after an 8-bit
+(the model's own uint8 codes), `all` (default) also where it is float, after an 8-bit
 rounding of its normalized input. Most of ORT's single-threaded Sin work goes with them.
 
 Calibration runs one sample at a time, so memory stays that of one input, and reports progress

@@ -66,7 +66,6 @@ class _Chain:
     u: str | None
     u_rank: int
     dq: onnx.NodeProto | None
-    squeeze: onnx.NodeProto | None
     norm: onnx.NodeProto
     body: list[onnx.NodeProto]
     unsqueeze: onnx.NodeProto | None
@@ -84,11 +83,17 @@ def run(model: onnx.ModelProto, config: Config, ctx: PassContext) -> PassResult:
     if opset < 15:  # Shape's start/end (the time length) arrived in opset 15
         skipped["opset below 15"] = len(norms)
         norms = []
-    # Ranks of the norm inputs and of the tensors their dequantizers read (a probe run fills in
-    # what ONNX shape inference cannot see past ORT's own ops).
-    probe = [n.input[0] for n in norms]
-    probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
-    probe += [p.input[0] for p in map(index.producer.get, probe) if p is not None]
+    # Shapes of the norm inputs and of what feeds them up to two nodes back (Squeeze, then the
+    # DequantizeLinear's codes); a probe run fills in what ONNX shape inference cannot see.
+    probe: list[str] = []
+    for norm in norms:
+        name = norm.input[0]
+        for _ in range(3):
+            probe.append(name)
+            producer = index.producer.get(name)
+            if producer is None or not producer.input:
+                break
+            name = producer.input[0]
     shapes = known_shapes(work, probe, threads=ctx.threads) if norms else {}
     for i, norm in enumerate(norms):
         ctx.report("Lookup tables", i + 1, len(norms))
@@ -185,7 +190,7 @@ def _match(
     if ordered is None:
         return "chain has a cycle"
     u = dq.input[0] if dq is not None else None
-    return _Chain(u, u_rank or 3, dq, squeeze, norm, ordered, unsqueeze, quant)
+    return _Chain(u, u_rank or 3, dq, norm, ordered, unsqueeze, quant)
 
 
 def _replace(index: GraphIndex, chain: _Chain, config: Config) -> None:
