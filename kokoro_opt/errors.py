@@ -69,3 +69,7 @@ class GateRulesError(UserInputError):
 
 class RecipeError(UserInputError):
     """A recipe file that is malformed, names an unknown step or option, or cannot run."""
+
+
+class IntegrityError(ChecksumError):
+    """A cached model whose bytes are not the ones its sidecar recorded (damaged or edited)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -317,6 +318,43 @@ def evaluate(report: Report, rules: GateRules, *, baseline: Report | None = None
         count = f"{len(problems)} rule{'s' if len(problems) > 1 else ''}"
         raise ReportError(f"Cannot check {count}: " + " | ".join(problems))
     return GateResult(tuple(outcomes))
+
+
+@dataclass(frozen=True)
+class ModelBinding:
+    """Whether a model file is one the report's rules judged (`kokoro-opt gate --model`)."""
+
+    file: str
+    sha256: str
+    matches: str | None
+    """The judged model entry with this sha256, if any."""
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bind_model(report: Report, file: str, sha256: str, *, judged: Collection[str]) -> ModelBinding:
+    """Check that the model file `file` (with `sha256`) is a model the rules judged in `report`
+    (by the sha256 every report records for each model it measured)."""
+    same = [m.name for m in report.models if m.sha256 == sha256]
+    hit = next((name for name in same if name in judged), None)
+    names = ", ".join(sorted(judged)) or "no model"
+    if hit is not None:
+        message = f"{file} is the model '{hit}' the report measured (sha256 {sha256[:12]})."
+    elif same:
+        message = (
+            f"{file} is the report's model '{same[0]}', but the rules judged {names}: the gate "
+            "says nothing about this file."
+        )
+    else:
+        measured = ", ".join(f"{m.name} {m.sha256[:12]}" for m in report.models)
+        message = (
+            f"{file} (sha256 {sha256[:12]}) is not a model this report measured ({measured}); "
+            "measure this file (kokoro-opt eval/bench) and gate that report."
+        )
+    return ModelBinding(file, sha256, hit, hit is not None, message)
 
 
 def _check(rule: Rule, rules: GateRules, report: Report, baseline: Report | None) -> RuleOutcome:

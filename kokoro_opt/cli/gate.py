@@ -1,7 +1,7 @@
 """`kokoro-opt gate REPORT`: check a report against threshold rules; CI fails on a regression.
 
-Exit codes: 0 when every rule holds, 1 when one fails, 2 for bad input (a missing or invalid
-report, baseline or rules file).
+Exit codes: 0 when every rule holds (and `--model` is the file the report measured), 1 when one
+fails, 2 for bad input (a missing or invalid report, baseline or rules file, or model).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kokoro_opt.cli.console import console
+from kokoro_opt.cli.console import console, err_console
 
 if TYPE_CHECKING:
-    from kokoro_opt.gates import GateResult
+    from kokoro_opt.gates import GateResult, ModelBinding
+    from kokoro_opt.report.schema import Report
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +46,13 @@ def gate(
         Path | None,
         typer.Option(help="Also write the outcomes as JUnit XML to this file, for CI systems."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The model file (or cache name) you ship: the gate also fails unless REPORT "
+            "measured exactly this file (by sha256) as a model its rules judge."
+        ),
+    ] = None,
     update_baseline: Annotated[
         bool,
         typer.Option(
@@ -57,7 +65,8 @@ def gate(
         bool, typer.Option("--json", help="Print the outcomes as JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Check REPORT against RULES (and a baseline); exit 1 when a rule fails."""
+    """Check REPORT against RULES (and a baseline); exit 1 when a rule fails, or when --model is
+    not the model the report measured."""
     from kokoro_opt.errors import UserInputError
     from kokoro_opt.gates import evaluate, junit_xml, load_rules, resolve_rules
     from kokoro_opt.report.files import copy_atomic, write_text_atomic
@@ -83,11 +92,13 @@ def gate(
         if baseline_path.exists() or not update_baseline:
             previous = load_report(baseline_path, role="baseline")
     result = evaluate(current, gate_rules, baseline=previous)
+    binding = _bind(current, model, result) if model is not None else None
+    passed = result.passed and (binding is None or binding.passed)
 
     if junit is not None:
         write_text_atomic(junit, junit_xml(result))
     updated = False
-    if update_baseline and baseline_path is not None and result.passed:
+    if update_baseline and baseline_path is not None and passed:
         copy_atomic(report_path, baseline_path)
         updated = True
 
@@ -97,6 +108,8 @@ def gate(
             "baseline": str(baseline_path) if baseline_path else None,
             "rules_file": str(rules_path),
             **result.to_dict(),
+            "passed": passed,
+            "model_check": binding.to_dict() if binding else None,
             "baseline_updated": updated,
             "junit": str(junit) if junit else None,
         }
@@ -105,6 +118,9 @@ def gate(
         _print_table(
             result, rules_path=rules_path, baseline_path=baseline_path if previous else None
         )
+        if binding is not None:
+            mark = "[green]PASS[/]" if binding.passed else "[bold red]FAIL[/]"
+            console.print(f"{mark} model: {binding.message}", highlight=False)
         if junit is not None:
             console.print(f"JUnit XML written to {junit}", highlight=False)
         if update_baseline:
@@ -115,12 +131,25 @@ def gate(
                 )
             else:
                 console.print(
-                    f"[yellow]Baseline not updated:[/] {len(result.failures)} rule(s) failed, "
-                    f"so {baseline_path} is unchanged.",
+                    f"[yellow]Baseline not updated:[/] the gate failed, so {baseline_path} is "
+                    "unchanged.",
                     highlight=False,
                 )
-    if not result.passed:
+    if not passed:
         raise typer.Exit(1)
+
+
+def _bind(report: Report, model: str, result: GateResult) -> ModelBinding:
+    """Check that `model` (a path or cache name; a cached model is verified) is a model the
+    rules judged in `report`."""
+    from kokoro_opt.gates import bind_model
+    from kokoro_opt.store import resolve_model, verified_sha256
+
+    path = resolve_model(model)
+    with err_console.status(f"Hashing {path.name} ..."):
+        sha256 = verified_sha256(path)
+    judged = {o.model for o in result.outcomes}
+    return bind_model(report, str(path), sha256, judged=judged)
 
 
 def _print_table(result: GateResult, *, rules_path: Path, baseline_path: Path | None) -> None:

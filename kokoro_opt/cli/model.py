@@ -1,4 +1,5 @@
-"""`kokoro-opt model ...`: pull the default models (offline) or your own, list and inspect them."""
+"""`kokoro-opt model ...`: pull the default models (offline) or your own, list, inspect, verify
+and repair them."""
 
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ def pull(
         str | None,
         typer.Option(help="Expected sha256 of PATH_OR_URL; a different file is refused."),
     ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Check every cached model in full and repair the damaged ones: rebuild the "
+            "defaults, copy a recipe's output again from its run folder, register a user's "
+            "model again from its source file (when those are intact).",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the pulled models as JSON instead of a table.")
     ] = False,
@@ -42,6 +52,19 @@ def pull(
     """Build the default models offline, or add your own model to the cache."""
     from kokoro_opt.errors import UserInputError
     from kokoro_opt.store import list_models, pull_default, register_model
+
+    if repair:
+        if path_or_url is not None or name is not None or sha256 is not None:
+            raise UserInputError(
+                "--repair checks the models already in the cache; give no PATH_OR_URL, --name "
+                "or --sha256 with it."
+            )
+        from kokoro_opt.store import repair as repair_models
+
+        with _progress() as report:
+            checks = repair_models(progress=report)
+        _render_checks(checks, title="Repair", json_output=json_output)
+        return
 
     with _progress() as report:
         if path_or_url is None:
@@ -80,6 +103,24 @@ def list_(
         )
         return
     _models_table(rows, title="Cached models")
+
+
+@app.command("verify")
+def verify(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Cached model names to check (default: all).", show_default=False),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the outcomes as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Check cached models against their sidecars by full sha256; exit 1 when one is damaged."""
+    from kokoro_opt.store import verify_all
+
+    with err_console.status("Hashing the cached models ..."):
+        checks = verify_all(names)
+    _render_checks(checks, title="Verify", json_output=json_output)
 
 
 @app.command("inspect")
@@ -137,6 +178,41 @@ def _progress() -> Iterator[Any]:
         yield report
 
 
+def _render_checks(checks: list[Any], *, title: str, json_output: bool) -> None:
+    """Print model checks (verify, repair); exit 1 when any model is still damaged."""
+    from rich.table import Table
+
+    if json_output:
+        console.print_json(json.dumps([c.to_dict() for c in checks]))
+    else:
+        bad = [c for c in checks if not c.ok]
+        table = Table(title=f"{title}: {len(checks) - len(bad)} of {len(checks)} models intact")
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("sha256", no_wrap=True)
+        table.add_column("checked in", justify="right", no_wrap=True)
+        if any(c.action for c in checks):
+            table.add_column("repair", overflow="fold")
+        for c in checks:
+            row = [
+                c.name,
+                "[green]ok[/]" if c.ok else "[bold red]DAMAGED[/]",
+                (c.sha256 or "-")[:12],
+                f"{c.seconds:.2f} s" if c.seconds is not None else "-",
+            ]
+            if any(x.action for x in checks):
+                row.append(c.action or "-")
+            table.add_row(*row)
+        if not checks:
+            console.print("No models in the cache yet. Run `kokoro-opt model pull`.")
+        else:
+            console.print(table)
+        for c in bad:
+            err_console.print(f"[bold red]error:[/] {c.error}", highlight=False, soft_wrap=True)
+    if any(not c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 def _models_table(rows: list[dict[str, Any]], *, title: str) -> None:
     from rich.table import Table
 
@@ -147,10 +223,25 @@ def _models_table(rows: list[dict[str, Any]], *, title: str) -> None:
     table.add_column("kind", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("sha256", no_wrap=True)
+    table.add_column("verified", no_wrap=True)
     for row in rows:
         sha = row.get("sha256") or "-"
-        table.add_row(row["name"], row["kind"], _mb(row["size_bytes"]), sha[:12])
+        table.add_row(
+            row["name"], row["kind"], _mb(row["size_bytes"]), sha[:12], _verified_text(row)
+        )
     console.print(table)
+
+
+def _verified_text(row: dict[str, Any]) -> str:
+    """`model list`'s verified column: the state of the last full check (no hashing here)."""
+    state, checked = row.get("verified"), row.get("checked")
+    when = f" {checked.replace('T', ' ')[:16]}" if checked else ""
+    return {
+        "verified": f"[green]yes[/]{when}",
+        "changed": f"[yellow]changed since{when}[/] (full check on next use)",
+        "damaged": "[bold red]DAMAGED[/] (size)",
+        "unverified": "[yellow]not yet[/]",
+    }.get(str(state), f"[red]{state}[/]")
 
 
 def _render_inspect(info: dict[str, Any]) -> None:

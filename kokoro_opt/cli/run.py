@@ -158,6 +158,13 @@ def _render(result: RunResult) -> None:
     console.print(f"Run folder: {result.run_dir}", highlight=False)
     if result.model is not None:
         console.print(f"Model: {result.model}", highlight=False)
+    if result.registered is not None:
+        name = result.registered.stem
+        console.print(
+            f"Cached as [bold]{name}[/] (verified on every load): `kokoro-opt serve {name}`, "
+            f"`kokoro-opt speak TEXT -o out.wav --model {name}`",
+            highlight=False,
+        )
     if result.report is not None:
         console.print(f"Report: {result.report.with_suffix('.html')}", highlight=False)
     if result.gate_passed is False:

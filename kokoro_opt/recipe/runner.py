@@ -7,8 +7,13 @@ The run folder holds `recipe.yaml` (as given), one folder per step with its arti
 (`optimize/model.onnx` and `model.onnx.json`, `eval/report.json` and WAVs, `gate/gate.json`
 ...), the merged evidence report (`report.json`, `report.md`, `report.html`), the final model
 under `outputs.model`, and `manifest.json`: the recipe's hash and resolved form, the input
-models' hashes, package versions, host, and for every step its cache key, status (ran, cached,
-failed, interrupted), time and output hashes.
+models' hashes, package versions, host, for every step its cache key, status (ran, cached,
+failed, interrupted), time and output hashes, and the final model's and report's hashes
+(`kokoro-opt verify RUN_DIR` checks them all).
+
+A run that succeeded (its gate, if any, passed) registers its final model in the model cache
+under the name of `outputs.model` (`kokoro-cpu-int8.onnx` -> `kokoro-cpu-int8`), with its
+sha256 and this manifest in the sidecar, so `kokoro-opt serve kokoro-cpu-int8` serves it.
 
 Steps whose key is in the cache (`kokoro_opt.recipe.cache`) are not run again: their outputs
 are linked into the new run folder (`force=True` runs every step). Every file is written
@@ -82,6 +87,8 @@ class RunResult:
     model: Path | None
     report: Path | None
     gate_passed: bool | None
+    registered: Path | None = None
+    """The final model's place in the model cache (None when the run did not register it)."""
 
     @property
     def status(self) -> str:
@@ -100,6 +107,7 @@ def run_recipe(
     """Run every step of `recipe`; see the module docstring. Raises what a step raises."""
     from kokoro_opt.recipe.cache import StepCache
 
+    _check_output_name(recipe)
     started = datetime.now(timezone.utc).astimezone()
     run_dir = _run_dir(recipe, output_dir, reports_root, started)
     from kokoro_opt.report.files import write_text_atomic
@@ -113,6 +121,7 @@ def run_recipe(
         run.write_manifest()
         raise
     run.status = "succeeded" if run.gate_passed is not False else "gate failed"
+    run.register_output()
     manifest = run.write_manifest()
     return RunResult(
         run_dir=run_dir,
@@ -121,6 +130,7 @@ def run_recipe(
         model=run.final_model,
         report=run.evidence,
         gate_passed=run.gate_passed,
+        registered=run.registered,
     )
 
 
@@ -155,6 +165,7 @@ class _Run:
         self.evidence: Path | None = None
         self.evidence_parts: list[Path] = []
         self.gate_passed: bool | None = None
+        self.registered: Path | None = None
         last = [s for s in recipe.steps if STEP_KINDS[s.kind].role == "transform"]
         self.last_transform = last[-1].id if last else None
 
@@ -368,12 +379,36 @@ class _Run:
                 link_or_copy(sidecar, target.with_name(target.name + ".json"))
             self.final_model = target
 
+    def register_output(self) -> None:
+        """Put the final model in the model cache under outputs.model's name (not after a
+        failed gate), with its sha256 and the manifest as it stands."""
+        name = self.recipe.outputs.model
+        if not name or self.final_model is None or self.model is None or self.gate_passed is False:
+            return
+        from kokoro_opt.store import register_output
+
+        self.registered = register_output(
+            self.final_model,
+            name.removesuffix(".onnx"),
+            sha256=self.model.sha256,
+            manifest=self.manifest(),
+            run_dir=self.run_dir,
+        )
+
     def _progress(self, task: str, completed: int, total: int) -> None:
         if self.events:
             self.events.progress(task, completed, total)
 
     def write_manifest(self) -> dict[str, Any]:
-        from kokoro_opt.recipe.artifacts import versions, write_json_atomic
+        from kokoro_opt.recipe.artifacts import write_json_atomic
+
+        manifest = self.manifest()
+        write_json_atomic(self.run_dir / MANIFEST_FILE, manifest)
+        return manifest
+
+    def manifest(self) -> dict[str, Any]:
+        from kokoro_opt.graph.io import sha256_file
+        from kokoro_opt.recipe.artifacts import versions
         from kokoro_opt.report.meta import collect_host
 
         def artifact(a: Artifact | None, source: str) -> dict[str, Any] | None:
@@ -381,7 +416,7 @@ class _Run:
                 return None
             return {"source": source, "path": str(a.path), "sha256": a.sha256, "name": a.label}
 
-        manifest = {
+        return {
             "manifest_version": MANIFEST_VERSION,
             "status": self.status,
             "recipe": {
@@ -405,12 +440,13 @@ class _Run:
             "steps": [r.to_dict() for r in self.records],
             "outputs": {
                 "model": str(self.final_model) if self.final_model else None,
+                "model_sha256": self.model.sha256 if self.final_model and self.model else None,
                 "report": str(self.evidence) if self.evidence else None,
+                "report_sha256": sha256_file(self.evidence) if self.evidence else None,
+                "registered": str(self.registered) if self.registered else None,
             },
             "gate_passed": self.gate_passed,
         }
-        write_json_atomic(self.run_dir / MANIFEST_FILE, manifest)
-        return manifest
 
 
 # --------------------------------------------------------------------------- helpers
@@ -437,6 +473,19 @@ def _run_dir(recipe: Recipe, output_dir: Path | None, root: Path, started: datet
             f"Cannot create the run folder {folder}: {exc.strerror or exc}. Choose another -o."
         ) from None
     return folder
+
+
+def _check_output_name(recipe: Recipe) -> None:
+    """Refuse, before any work, an outputs.model that would replace a default cached model."""
+    from kokoro_opt.errors import RecipeError
+    from kokoro_opt.store import DEFAULT_NAMES
+
+    name = (recipe.outputs.model or "").removesuffix(".onnx")
+    if name in DEFAULT_NAMES:
+        raise RecipeError(
+            f"{recipe.path}: outputs.model {recipe.outputs.model!r} would replace the default "
+            f"cached model {name}; choose another name, such as {recipe.name}.onnx."
+        )
 
 
 def _rebase_wavs(report: Any, folder: Path, run_dir: Path) -> Any:

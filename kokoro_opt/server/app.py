@@ -634,6 +634,7 @@ def _status(state: ServerState) -> dict[str, Any]:
         "model": {
             "id": engine.model_id,
             "path": str(engine.model_path),
+            "sha256": engine.model_sha256,
             "aliases": list(settings.model_aliases),
             "providers": engine.providers,
             "threads_per_session": engine.threads,

@@ -25,6 +25,7 @@ from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, tokenize
 from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 from kokoro_opt.server.pool import SessionPool
+from kokoro_opt.store.verify import verified_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ class Engine:
         model_id: str,
         model_path: Path,
         threads: int | None = None,
+        model_sha256: str | None = None,
     ) -> None:
         self.pool = SessionPool(list(synths))
         self.voices = voices
         self.model_id = model_id
         self.model_path = model_path
+        self.model_sha256 = model_sha256
         self.threads = threads
         self.contract = synths[0].contract
         self.text_executor: ThreadPoolExecutor | None = None
@@ -72,7 +75,9 @@ class Engine:
     ) -> Engine:
         """Load `sessions` inference sessions of `model`. `providers` are given to sessions in
         turn (`["cuda", "cpu"]` with 2 sessions: one of each; the first listed is preferred).
-        `threads` is per session; by default the CPU cores are split between the sessions."""
+        `threads` is per session; by default the CPU cores are split between the sessions.
+        A cached model is verified against its sidecar first (`IntegrityError` when its bytes
+        changed); the sha256 of any model is kept for /status."""
         if isinstance(sessions, bool) or sessions < 1:
             raise UserInputError(f"sessions must be a whole number of at least 1, got {sessions}.")
         if not providers:
@@ -80,6 +85,7 @@ class Engine:
         if threads is None:
             threads = max(1, (os.cpu_count() or 1) // sessions)
         path = Path(model)
+        sha256 = verified_sha256(path) if path.is_file() else None
         library = VoiceLibrary.from_spec(voices)
         synths = [
             Synthesizer(
@@ -91,7 +97,12 @@ class Engine:
         if len(contracts) != 1:  # the same file on every provider: cannot differ, but be sure
             raise UserInputError(f"Sessions of {path.name} disagree on the model's inputs.")
         return cls(
-            synths, voices=library, model_id=model_id or path.stem, model_path=path, threads=threads
+            synths,
+            voices=library,
+            model_id=model_id or path.stem,
+            model_path=path,
+            threads=threads,
+            model_sha256=sha256,
         )
 
     @property

@@ -1,8 +1,10 @@
 """The model cache: where it lives, what is in it, and how a MODEL argument resolves.
 
-Layout: `<cache>/models/<name>.onnx` with a JSON sidecar `<name>.json` (sha256, source, created,
-kind). `<cache>` is `$KOKORO_OPT_HOME`, else `$XDG_CACHE_HOME/kokoro-opt`, else
-`~/.cache/kokoro-opt`.
+Layout: `<cache>/models/<name>.onnx` with a JSON sidecar `<name>.json` (sha256, size_bytes,
+source, created, kind) and the fingerprint of its last full check in `.verified/<name>.json`.
+`<cache>` is `$KOKORO_OPT_HOME`, else `$XDG_CACHE_HOME/kokoro-opt`, else `~/.cache/kokoro-opt`.
+A cached model is verified against its sidecar whenever a MODEL argument resolves to it
+(`kokoro_opt.store.verify`).
 """
 
 from __future__ import annotations
@@ -95,7 +97,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """One dict per cached model: name, path, size_bytes, kind, sha256, source, created."""
+    """One dict per cached model: name, path, size_bytes, kind, sha256, source, created, and
+    `verified`/`checked` from `kokoro_opt.store.verify.check_state` (no full hash)."""
+    from kokoro_opt.store.verify import check_state
+
     folder = models_dir()
     if not folder.is_dir():
         return []
@@ -113,6 +118,7 @@ def list_models() -> list[dict[str, Any]]:
                 "sha256": info.get("sha256"),
                 "source": info.get("source"),
                 "created": info.get("created"),
+                **{("verified" if k == "state" else k): v for k, v in check_state(path).items()},
             }
         )
     return rows
@@ -124,21 +130,30 @@ def cached_names() -> list[str]:
 
 
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
-    """Turn a MODEL argument (an existing path, or a cache name) into a model file path."""
+    """Turn a MODEL argument (an existing path, or a cache name) into a model file path.
+
+    A cached model (by name, or a path into the cache) is verified against its sidecar first:
+    `IntegrityError` (one line with both digests and the fix) when its bytes changed.
+    """
+    from kokoro_opt.store.verify import is_cached, verify_model
+
     text = str(name_or_path).strip()
     if not text:
         raise ModelNotFoundError(_not_found_message(text))
     path = Path(text).expanduser()
     if path.is_file():
-        return path.absolute()
-    if path.is_dir():
+        found = path.absolute()
+    elif path.is_dir():
         raise ModelFormatError(f"{path} is a folder, not an ONNX model file. Pass an .onnx file.")
-    name = text.removesuffix(".onnx")
-    if _NAME_RE.match(name):
+    else:
+        name = text.removesuffix(".onnx")
         candidate = models_dir() / f"{name}.onnx"
-        if candidate.is_file():
-            return candidate
-    raise ModelNotFoundError(_not_found_message(text))
+        if not (_NAME_RE.match(name) and candidate.is_file()):
+            raise ModelNotFoundError(_not_found_message(text))
+        found = candidate
+    if is_cached(found):
+        verify_model(found)
+    return found
 
 
 def _not_found_message(text: str) -> str:

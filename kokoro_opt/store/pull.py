@@ -5,7 +5,10 @@ dependencies) into the kokoro-onnx INT8 export, refuses it unless its sha256 is 
 and restores an FP32 reference from it with `kokoro_opt.graph.restore.restore_fp32`. Both are
 written atomically to `<cache>/models/` with a JSON sidecar. Nothing touches the network.
 
-`register_model` adds a user's model from a path, or from a URL when the user gives one.
+`register_model` adds a user's model from a path, or from a URL when the user gives one;
+`register_output` adds a recipe's final model with the manifest of the run that made it. Each
+writer records the fingerprint of the file it just hashed (`kokoro_opt.store.verify`), so the
+first load needs no full hash.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from kokoro_opt.errors import (
     ChecksumError,
+    IntegrityError,
     KokoroOptError,
     ModelNotFoundError,
     OfflineError,
@@ -41,6 +45,7 @@ from kokoro_opt.store.cache import (
     read_sidecar,
     write_sidecar,
 )
+from kokoro_opt.store.verify import verify_model, write_stamp
 
 Progress = Callable[[str, int, int], None]
 """progress(task description, completed, total)."""
@@ -74,14 +79,13 @@ def pull_default(progress: Progress | None = None) -> dict[str, Path]:
 
 
 def ensure_default_models(progress: Progress | None = None) -> dict[str, Path]:
-    """Paths of both default models, pulling them first if either is missing or incomplete.
-
-    A quick check (files, sidecars and sizes); `pull_default` does the full checksum check.
-    """
+    """Paths of both default models, pulling them first if either is missing or fails
+    verification (the fingerprint check of `verify_model`: quick when nothing changed)."""
     paths = {name: model_file(name) for name in DEFAULT_NAMES}
     for path in paths.values():
-        info = read_sidecar(path)
-        if info is None or not path.is_file() or path.stat().st_size != info.get("size_bytes"):
+        try:
+            verify_model(path)
+        except (IntegrityError, OSError):
             return pull_default(progress)
     return paths
 
@@ -135,18 +139,83 @@ def register_model(
         report("Checking", 1, 1)
         with cache_lock():
             save_model_atomic(model, target)
+            stat = target.stat()
+            target_sha = sha256_file(target)
             write_sidecar(
                 target,
                 {
                     "name": name,
                     "kind": "user",
-                    "sha256": sha256_file(target),
-                    "size_bytes": target.stat().st_size,
+                    "sha256": target_sha,
+                    "size_bytes": stat.st_size,
                     "source": path_or_url if is_url else str(source.absolute()),
                     "source_sha256": source_sha,
                 },
             )
+            write_stamp(target, target_sha, stat)
     return target
+
+
+def register_output(
+    model: Path, name: str, *, sha256: str, manifest: dict[str, Any], run_dir: Path
+) -> Path:
+    """Copy a recipe's final model into the cache as `name`, with its sha256 and the run's
+    manifest in the sidecar (kind `recipe`). The copy is hashed as it is written and refused
+    (`ChecksumError`) unless it is the file the run recorded. Returns the cached path."""
+    name = check_name(name)
+    if name in DEFAULT_NAMES:
+        raise UserInputError(
+            f"The recipe's output name {name!r} is reserved for a default model; choose another "
+            "outputs.model in the recipe."
+        )
+    target = model_file(name)
+    with cache_lock():
+        copy_checked(model, target, sha256)
+        stat = target.stat()
+        recipe = manifest.get("recipe") or {}
+        write_sidecar(
+            target,
+            {
+                "name": name,
+                "kind": "recipe",
+                "sha256": sha256,
+                "size_bytes": stat.st_size,
+                "source": str(model),
+                "recipe": recipe.get("name"),
+                "recipe_sha256": recipe.get("sha256"),
+                "run_dir": str(run_dir),
+                "gate_passed": manifest.get("gate_passed"),
+                "manifest": manifest,
+            },
+        )
+        write_stamp(target, sha256, stat)
+    return target
+
+
+def copy_checked(source: Path, target: Path, sha256: str) -> None:
+    """Copy `source` to `target` atomically, hashing as it goes; `ChecksumError` (and nothing
+    written) unless the bytes have `sha256`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != sha256:
+            raise ChecksumError(
+                f"{source} has sha256 {digest.hexdigest()}, expected {sha256}: it changed since "
+                "it was recorded, so it was not copied into the cache."
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def part_files() -> list[Any]:
@@ -175,11 +244,16 @@ def _no_progress(task: str, completed: int, total: int) -> None:
 
 
 def _valid(path: Path, sha256: str | None) -> bool:
-    """A cached file exists, has a sidecar, and its bytes have the sidecar's (= given) hash."""
+    """A cached file exists, has a sidecar, and its bytes have the sidecar's (= given) hash
+    (checked in full, which also records a fresh fingerprint)."""
     info = read_sidecar(path)
     if not sha256 or info is None or info.get("sha256") != sha256 or not path.is_file():
         return False
-    return sha256_file(path) == sha256
+    try:
+        verify_model(path, full=True)
+    except IntegrityError:
+        return False
+    return True
 
 
 def _assemble_int8(target: Path, report: Progress) -> None:
@@ -224,6 +298,7 @@ def _assemble_int8(target: Path, report: Progress) -> None:
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
+    write_stamp(target, INT8_SHA256, target.stat())
 
 
 def _restore_fp32(int8: Path, target: Path, report: Progress) -> None:
@@ -238,19 +313,22 @@ def _restore_fp32(int8: Path, target: Path, report: Progress) -> None:
     report("Restoring kokoro-fp32", 2, 3)
     save_model_atomic(restored, target)
     report("Restoring kokoro-fp32", 3, 3)
+    stat = target.stat()
+    sha256 = sha256_file(target)
     write_sidecar(
         target,
         {
             "name": FP32_NAME,
             "kind": "fp32-reference",
-            "sha256": sha256_file(target),
-            "size_bytes": target.stat().st_size,
+            "sha256": sha256,
+            "size_bytes": stat.st_size,
             "source": f"restored from {INT8_NAME} by kokoro_opt.graph.restore.restore_fp32",
             "parent_sha256": INT8_SHA256,
             "restore": details,
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
+    write_stamp(target, sha256, stat)
 
 
 def _download(url: str, dest: Path, report: Progress) -> None:
