@@ -27,6 +27,7 @@ from kokoro_opt.cli import run as run_cli
 from kokoro_opt.cli import serve as serve_cli
 from kokoro_opt.cli import shapes as shapes_cli
 from kokoro_opt.cli import speak as speak_cli
+from kokoro_opt.cli import verify as verify_cli
 from kokoro_opt.cli.console import err_console
 from kokoro_opt.errors import KokoroOptError
 
@@ -55,6 +56,7 @@ eval_cli.register(app)
 bench_cli.register(app)
 report_cli.register(app)
 gate_cli.register(app)
+verify_cli.register(app)
 
 
 def main() -> None:

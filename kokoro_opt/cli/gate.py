@@ -130,9 +130,13 @@ def gate(
                     highlight=False,
                 )
             else:
+                why = (
+                    f"{len(result.failures)} rule(s) failed"
+                    if not result.passed
+                    else "--model is not the model it measured"
+                )
                 console.print(
-                    f"[yellow]Baseline not updated:[/] the gate failed, so {baseline_path} is "
-                    "unchanged.",
+                    f"[yellow]Baseline not updated:[/] {why}, so {baseline_path} is unchanged.",
                     highlight=False,
                 )
     if not passed:

@@ -37,7 +37,7 @@ def _sha(path: Path) -> str:
 
 
 def _visible(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 # ------------------------------------------------------------------------- cache location
