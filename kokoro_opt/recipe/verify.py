@@ -141,11 +141,11 @@ def _file_problem(path: Path, sha256: str | None, size: int | None) -> str | Non
 
     if not path.is_file():
         return "is missing"
-    if size is not None and path.stat().st_size != size:
-        return f"has {path.stat().st_size:,} bytes, recorded {size:,}"
-    actual = sha256_file(path)
-    if sha256 is not None and actual != sha256:
-        return f"has sha256 {actual[:12]}, recorded {sha256[:12]}"
+    actual, actual_size = sha256_file(path), path.stat().st_size
+    if (sha256 is not None and actual != sha256) or (size is not None and actual_size != size):
+        wrong_size = size is not None and size != actual_size
+        sizes = f" ({actual_size:,} bytes, recorded {size:,})" if wrong_size else ""
+        return f"has sha256 {actual[:12]}, recorded {(sha256 or '-')[:12]}{sizes}"
     return None
 
 
