@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,14 @@ _CHUNK = 1 << 20
 _DOWNLOAD_TIMEOUT_S = 30
 
 
-def pull_default(progress: Progress | None = None) -> dict[str, Path]:
+def pull_default(
+    progress: Progress | None = None, *, names: Collection[str] = DEFAULT_NAMES
+) -> dict[str, Path]:
     """Build `kokoro-int8-export` and `kokoro-fp32` in the cache (skipping valid ones).
 
-    Returns {name: path}. Raises `ChecksumError` if the assembled export is not the known file.
+    `names` limits the work to those of the two (the INT8 export is always checked: the FP32
+    reference is restored from it). Returns {name: path} for `names`. Raises `ChecksumError`
+    if the assembled export is not the known file.
     """
     report = progress or _no_progress
     with cache_lock():
@@ -71,11 +75,13 @@ def pull_default(progress: Progress | None = None) -> dict[str, Path]:
             _assemble_int8(int8, report)
         report("Checked kokoro-int8-export", 1, 1)
         fp32 = model_file(FP32_NAME)
-        info = read_sidecar(fp32) or {}
-        if info.get("parent_sha256") != INT8_SHA256 or not _valid(fp32, info.get("sha256")):
-            _restore_fp32(int8, fp32, report)
-        report("Checked kokoro-fp32", 1, 1)
-    return {FP32_NAME: fp32, INT8_NAME: int8}
+        if FP32_NAME in names:
+            info = read_sidecar(fp32) or {}
+            if info.get("parent_sha256") != INT8_SHA256 or not _valid(fp32, info.get("sha256")):
+                _restore_fp32(int8, fp32, report)
+            report("Checked kokoro-fp32", 1, 1)
+    paths = {FP32_NAME: fp32, INT8_NAME: int8}
+    return {name: paths[name] for name in DEFAULT_NAMES if name in names}
 
 
 def ensure_default_models(progress: Progress | None = None) -> dict[str, Path]:

@@ -51,10 +51,10 @@ def repair(names: list[str] | None = None, progress: Progress | None = None) -> 
     wanted = _names(names, allow_missing_defaults=True)
     before = {name: _check(model_file(name)) for name in wanted}
     actions: dict[str, str] = {}
-    defaults = [n for n in wanted if n in DEFAULT_NAMES]
-    if defaults and any(not before[n].ok for n in defaults):
-        pull_default(progress)
-        actions.update({n: "rebuilt" for n in defaults if not before[n].ok})
+    damaged = [n for n in wanted if n in DEFAULT_NAMES and not before[n].ok]
+    if damaged:
+        pull_default(progress, names=damaged)
+        actions.update({n: "rebuilt" for n in damaged})
     for name in wanted:
         if name not in DEFAULT_NAMES and not before[name].ok:
             actions[name] = _restore(model_file(name))

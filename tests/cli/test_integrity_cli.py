@@ -3,6 +3,7 @@ exit 1); `model verify` exits 1; `model pull --repair` restores it and the comma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -102,3 +103,34 @@ def test_verify_names_and_unknown_names(
     assert result.exit_code == 2 and "No cached model 'nope'" in result.stderr
     result = run_cli(["model", "pull", "x.onnx", "--repair"], capsys)
     assert result.exit_code == 2 and "--repair" in result.stderr
+
+
+@pytest.mark.real
+def test_real_export_flipped_refused_and_repaired(
+    real_models: dict[str, Path],
+    kokoro_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The issue's case on the real INT8 export, in a private cache (copied, never linked)."""
+    models = kokoro_home / "models"
+    models.mkdir()
+    source = real_models["kokoro-int8-export"]
+    shutil.copyfile(source, models / source.name)
+    shutil.copyfile(source.with_suffix(".json"), models / source.with_suffix(".json").name)
+    path = models / source.name
+    flip_byte(path, "weights")
+    speak = ["speak", "Hello there.", "-o", str(tmp_path / "a.wav")]
+    speak += ["--model", "kokoro-int8-export", "--threads", "2"]
+    _refused(run_cli(speak, capsys), path)
+    assert run_cli(["model", "verify"], capsys).exit_code == 1
+
+    result = run_cli(["model", "pull", "--repair"], capsys)
+    assert result.exit_code == 0 and "rebuilt" in result.stdout, result.stderr
+    from kokoro_opt.store.pull import INT8_SHA256
+
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == INT8_SHA256
+    assert not (models / "kokoro-fp32.onnx").exists()  # only the damaged model was rebuilt
+    result = run_cli(speak, capsys)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "a.wav").stat().st_size > 1000
