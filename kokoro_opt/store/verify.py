@@ -18,6 +18,9 @@ The block sample is a second net for file systems whose ctime is not kept (some 
 mounts) and catches edits of the header and the end there. Replacing the file (a new inode) or
 hard-linking it (ctime) also forces a full check.
 
+`KOKORO_OPT_VERIFY=full` hashes in full on every load (for such file systems, or the cautious);
+the default, `fingerprint`, is the scheme above.
+
 A mismatch raises `IntegrityError`: one line naming the file, both digests and the fix.
 """
 
@@ -33,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from kokoro_opt.errors import IntegrityError
+from kokoro_opt.errors import IntegrityError, UserInputError
 from kokoro_opt.store.cache import (
     DEFAULT_NAMES,
     models_dir,
@@ -43,6 +46,7 @@ from kokoro_opt.store.cache import (
 )
 
 STAMP_DIR = ".verified"
+POLICY_ENV = "KOKORO_OPT_VERIFY"
 _BLOCK = 4096
 _EDGE = 64 * 1024
 _SAMPLES = 256
@@ -76,10 +80,11 @@ def is_cached(path: Path) -> bool:
 def verify_model(path: Path, *, full: bool = False) -> Verified:
     """Check the cached model at `path` against its sidecar (see the module docstring).
 
-    `full=True` always computes the whole sha256 (`kokoro-opt model verify`). Raises
-    `IntegrityError` for a missing record, a wrong size or a wrong sha256.
+    `full=True` (or `KOKORO_OPT_VERIFY=full`) always computes the whole sha256 (`kokoro-opt
+    model verify`). Raises `IntegrityError` for a missing record, a wrong size or a wrong sha256.
     """
     started = time.perf_counter()
+    full = full or _policy() == "full"
     name = path.stem
     info = read_sidecar(path) or {}
     expected, size = info.get("sha256"), info.get("size_bytes")
@@ -206,6 +211,16 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _policy() -> str:
+    value = os.environ.get(POLICY_ENV, "fingerprint").strip().lower() or "fingerprint"
+    if value not in ("fingerprint", "full"):
+        raise UserInputError(
+            f"{POLICY_ENV}={value!r} is not a verification policy: use 'fingerprint' (the "
+            "default: full sha256 only when the file changed) or 'full' (every load)."
+        )
+    return value
 
 
 def _fingerprint(path: Path, stat: os.stat_result, sha256: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kokoro_opt.errors import IntegrityError
+from kokoro_opt.errors import IntegrityError, UserInputError
 from kokoro_opt.store import (
     list_models,
     register_model,
@@ -149,3 +149,12 @@ def test_repair_without_a_good_source_says_what_to_do(
     assert (
         check.action.startswith("cannot repair") and "model pull PATH --name mine" in check.action
     )
+
+
+def test_policy_full_hashes_every_load(cached: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOKORO_OPT_VERIFY", "full")
+    assert verify_model(cached).method == "sha256"
+    assert verify_model(cached).method == "sha256"
+    monkeypatch.setenv("KOKORO_OPT_VERIFY", "sometimes")
+    with pytest.raises(UserInputError, match="KOKORO_OPT_VERIFY='sometimes'"):
+        verify_model(cached)
