@@ -195,3 +195,36 @@ def test_a_recipe_output_may_not_replace_a_default_model(
     with pytest.raises(RecipeError, match="would replace the default cached model"):
         run_recipe(load_recipe(path), reports_root=tmp_path / "reports")
     assert not (tmp_path / "reports").exists()
+
+
+def test_cli_run_registers_the_output_only_when_the_gate_passes(
+    gated_run: RunResult,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kokoro_opt.errors import ModelNotFoundError
+
+    monkeypatch.setenv("KOKORO_OPT_HOME", gated_run.manifest["home"])
+    folder = Path(gated_run.manifest["recipe"]["path"]).parent
+    for name in ("synthetic.onnx", "texts.txt"):
+        shutil.copy(folder / name, tmp_path / name)
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text(OUTPUT.format().replace("kokoro-gated", "kokoro-strict"))
+    (tmp_path / "rules.yaml").write_text(RULES.format(ratio=0.01))
+    failed = run_cli(["run", str(recipe), "-o", str(tmp_path / "run1")], capsys)
+    assert failed.exit_code == 1 and "Cached as" not in failed.stdout
+    assert (
+        json.loads((tmp_path / "run1" / MANIFEST_FILE).read_text())["outputs"]["registered"] is None
+    )
+    with pytest.raises(ModelNotFoundError):
+        resolve_model("kokoro-strict")
+
+    (tmp_path / "rules.yaml").write_text(RULES.format(ratio=1.0))
+    passed = run_cli(["run", str(recipe), "-o", str(tmp_path / "run2")], capsys)
+    assert passed.exit_code == 0, passed.stderr
+    assert "Cached as kokoro-strict" in passed.stdout
+    assert "kokoro-opt serve kokoro-strict" in passed.stdout
+    assert sha256_file(resolve_model("kokoro-strict")) == sha256_file(
+        tmp_path / "run2" / "kokoro-strict.onnx"
+    )
