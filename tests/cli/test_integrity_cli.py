@@ -62,7 +62,14 @@ def test_commands_refuse_a_damaged_cached_model(
     tmp_path: Path,
     command: str,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import uvicorn
+
+    def started(self: object) -> None:  # were the model accepted, fail instead of serving
+        raise RuntimeError("the server started on a damaged model")
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
     args = _commands(tmp_path, synthetic_int8)[command]
     _refused(run_cli(args, capsys), damaged)
     assert not (tmp_path / "a.wav").exists() and not (tmp_path / "q.onnx").exists()
