@@ -466,15 +466,19 @@ def _no_baseline(rule: Rule) -> NoReturn:
 # --------------------------------------------------------------------------- JUnit
 
 
-def junit_xml(result: GateResult, *, suite: str = "kokoro-opt gate") -> str:
-    """The outcomes as JUnit XML (one testcase per rule; failures carry the message)."""
+def junit_xml(
+    result: GateResult, *, suite: str = "kokoro-opt gate", binding: ModelBinding | None = None
+) -> str:
+    """The outcomes as JUnit XML (one testcase per rule, and one for `binding` when given;
+    failures carry the message)."""
     suites = ET.Element("testsuites", name=suite)
+    failed = len(result.failures) + (binding is not None and not binding.passed)
     node = ET.SubElement(
         suites,
         "testsuite",
         name=suite,
-        tests=str(len(result.outcomes)),
-        failures=str(len(result.failures)),
+        tests=str(len(result.outcomes) + (binding is not None)),
+        failures=str(failed),
         errors="0",
         skipped="0",
     )
@@ -485,6 +489,12 @@ def junit_xml(result: GateResult, *, suite: str = "kokoro-opt gate") -> str:
             failure.text = o.message
         out = ET.SubElement(case, "system-out")
         out.text = o.message
+    if binding is not None:
+        case = ET.SubElement(node, "testcase", classname="gate.model", name="model file")
+        if not binding.passed:
+            failure = ET.SubElement(case, "failure", message=binding.message, type="GateFailed")
+            failure.text = binding.message
+        ET.SubElement(case, "system-out").text = binding.message
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 

@@ -96,7 +96,7 @@ def gate(
     passed = result.passed and (binding is None or binding.passed)
 
     if junit is not None:
-        write_text_atomic(junit, junit_xml(result))
+        write_text_atomic(junit, junit_xml(result, binding=binding))
     updated = False
     if update_baseline and baseline_path is not None and passed:
         copy_atomic(report_path, baseline_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,8 +179,11 @@ def test_gate_model_binds_the_report_to_the_file(
     result = run_cli([*args, "--model", "kokoro-gated", "--json"], capsys)  # the cached copy
     assert result.exit_code == 0 and json.loads(result.stdout)["model_check"]["matches"] == "gated"
 
-    result = run_cli([*args, "--model", str(synthetic_int8)], capsys)
+    junit = run_copy / "junit.xml"
+    result = run_cli([*args, "--model", str(synthetic_int8), "--junit", str(junit)], capsys)
     assert result.exit_code == 1 and "is not a model this report measured" in result.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and (suite.get("tests"), suite.get("failures")) == ("4", "1")
     reference = json.loads((run_copy / MANIFEST_FILE).read_text())["inputs"]["model"]["path"]
     result = run_cli([*args, "--model", reference, "--json"], capsys)
     data = json.loads(result.stdout)
