@@ -100,12 +100,16 @@ class Synthesizer:
         segment_policy: SegmentPolicy | None = None,
         trim: bool = True,
         allow_spinning: bool = False,
+        session: ort.InferenceSession | None = None,
     ) -> None:
         self.model_path = Path(model)
         self.voices = VoiceLibrary.from_spec(voices)
-        self.session: ort.InferenceSession = create_session(
-            self.model_path, provider=provider, threads=threads, allow_spinning=allow_spinning
-        )
+        # `session`: an existing ORT session of `model` (provider and threads are then its own).
+        if session is None:
+            session = create_session(
+                self.model_path, provider=provider, threads=threads, allow_spinning=allow_spinning
+            )
+        self.session: ort.InferenceSession = session
         self.contract = ModelContract.from_session(self.session)
         self.providers: list[str] = list(self.session.get_providers())
         self.max_chars = max_chars
