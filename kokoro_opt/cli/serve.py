@@ -110,9 +110,23 @@ def serve(
         str, typer.Option(help="Server log level: debug, info, warning or error.")
     ] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    wyoming: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URI",
+            help="Also serve Home Assistant's Wyoming protocol at URI: tcp://HOST:PORT (such as "
+            "tcp://127.0.0.1:10200) or unix:///path/to/socket. It shares the sessions, limits "
+            "and telemetry of the HTTP server.",
+        ),
+    ] = None,
+    http: Annotated[
+        bool,
+        typer.Option(help="Serve HTTP; --no-http with --wyoming serves only Wyoming."),
+    ] = True,
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/audio/speech (OpenAI-compatible, streaming), /health,
-    /v1/models, /v1/audio/voices, /status and /metrics."""
+    /v1/models, /v1/audio/voices, /status and /metrics; with --wyoming also (or, with
+    --no-http, only) over Home Assistant's Wyoming protocol."""
     import uvicorn
 
     from kokoro_opt.errors import UserInputError
@@ -128,6 +142,15 @@ def serve(
         )
     if not 0 < port < 65536:
         raise UserInputError(f"Port {port} is out of range: use 1 to 65535.")
+    wyoming_address = None
+    if wyoming is not None:
+        from kokoro_opt.server.wyoming import parse_uri
+
+        wyoming_address = parse_uri(wyoming)
+    elif not http:
+        raise UserInputError(
+            "Nothing to serve: --no-http needs --wyoming URI (such as tcp://127.0.0.1:10200)."
+        )
     providers = [
         normalize_provider(p) for item in (provider or ["cpu"]) for p in item.split(",") if p
     ]
@@ -151,14 +174,21 @@ def serve(
             model_path, sessions=sessions, providers=providers, threads=threads, voices=voices
         )
     app = create_app(engine, settings)
-    if host not in LOOPBACK and api_key is None:
+    if http and host not in LOOPBACK and api_key is None:
         err_console.print(
             f"[bold yellow]warning:[/] listening on {host} without an API key: anyone who can "
             "reach this port can use the server. Set --api-key or KOKORO_OPT_API_KEY."
         )
+    if wyoming_address is not None and wyoming_address.host not in (None, *LOOPBACK):
+        err_console.print(
+            f"[bold yellow]warning:[/] the Wyoming protocol has no authentication: anyone who "
+            f"can reach {wyoming_address.uri} can use it."
+        )
+    where = [f"http://{host}:{port}"] if http else []
+    where += [wyoming_address.uri] if wyoming_address is not None else []
     err_console.print(
         f"Serving [bold]{engine.model_id}[/] on {', '.join(engine.providers)} at "
-        f"http://{host}:{port} once warm (Ctrl+C stops it)."
+        f"{' and '.join(where)} once warm (Ctrl+C stops it)."
     )
     config = uvicorn.Config(
         app,
@@ -169,4 +199,11 @@ def serve(
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    if wyoming_address is None:
+        uvicorn.Server(config).run()
+        return
+    import asyncio
+
+    from kokoro_opt.server.wyoming import run
+
+    asyncio.run(run(app, wyoming_uri=wyoming_address.uri, http=config if http else None))
