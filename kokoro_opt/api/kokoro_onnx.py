@@ -53,6 +53,7 @@ from kokoro_opt.errors import (
     VoiceError,
 )
 from kokoro_opt.runtime.g2p import get_g2p
+from kokoro_opt.runtime.markup import Lexicon, check_ssml_mode
 from kokoro_opt.runtime.session import PROVIDERS
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, check_speed, finish_audio
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, split_phonemes, tokenize, vocab
@@ -127,6 +128,11 @@ class _Part:
     phonemes: str
     words: tuple[WordTiming, ...] = ()
 
+    @property
+    def is_pause(self) -> bool:
+        """A pause the text asked for (`[pause:0.5s]`, `<break>`): exact silence, no speech."""
+        return not self.phonemes
+
 
 class Kokoro:
     """kokoro-onnx's `Kokoro` on kokoro-opt's runtime (see the module docstring).
@@ -143,10 +149,14 @@ class Kokoro:
         *,
         provider: str = "auto",
         threads: int | None = None,
+        lexicon: str | Path | Lexicon | None = None,
+        ssml: str = "strict",
     ) -> None:
         """Load `model_path` (an .onnx file or a model cache name such as `kokoro-fp32`) and
-        `voices_path` (a voice pack; None: the bundled voices). `provider` (cpu, cuda, coreml,
-        auto) and `threads` (intra-op threads) are kokoro-opt's additions."""
+        `voices_path` (a voice pack; None: the bundled voices). kokoro-opt's additions, all
+        keyword-only: `provider` (cpu, cuda, coreml, auto), `threads` (intra-op threads),
+        `lexicon` (a word<TAB>phonemes file or a Lexicon: pronunciations for every text) and
+        `ssml` (`strict` refuses SSML tags other than <break>, `lenient` strips them)."""
         from kokoro_opt.store import resolve_model
 
         with _errors():
@@ -159,6 +169,7 @@ class Kokoro:
                 max_chars=MAX_TEXT_CHARS,
             )
         self._setup(synth, espeak_config, vocab_config, threads=threads)
+        self._markup(lexicon, ssml)
 
     @classmethod
     def from_session(
@@ -177,6 +188,7 @@ class Kokoro:
             )
         instance = cls.__new__(cls)
         instance._setup(synth, espeak_config, vocab_config, threads=None)
+        instance._markup(None, "strict")
         return instance
 
     def _setup(
@@ -203,6 +215,15 @@ class Kokoro:
             name: synth.voices.get(name) for name in synth.voices.names
         }
         self.tokenizer = Tokenizer()
+
+    def _markup(self, lexicon: str | Path | Lexicon | None, ssml: str) -> None:
+        with _errors():
+            self.ssml = check_ssml_mode(ssml)
+            self.lexicon = (
+                lexicon
+                if lexicon is None or isinstance(lexicon, Lexicon)
+                else Lexicon.load(lexicon)
+            )
 
     # -- kokoro-onnx's public methods ------------------------------------------------------
 
@@ -296,7 +317,7 @@ class Kokoro:
                     if part is None:
                         break
                     samples = part.samples
-                    if previous is not None and trim:
+                    if previous is not None and trim and not (previous.is_pause or part.is_pause):
                         # The pause after the previous chunk leads this one, so a chunk goes
                         # out as soon as it is made and the last one ends with no extra silence.
                         pause = _pause_after(previous.phonemes, sentence_pause, clause_pause)
@@ -360,11 +381,15 @@ class Kokoro:
                 pieces = _phoneme_pieces(text)
                 return _guarded(_phoneme_parts(synth, pieces, voices.get(name), speed, trim))
             chunks = synth.stream(
-                text, voice=name, speed=speed, lang=lang, first_segment_fast=fast_start
+                text,
+                voice=name,
+                speed=speed,
+                lang=lang,
+                first_segment_fast=fast_start,
+                lexicon=self.lexicon,
+                ssml=self.ssml,
             )
-            return _guarded(
-                _Part(c.samples, c.phonemes, tuple(getattr(c, "words", ()))) for c in chunks
-            )
+            return _guarded(_Part(c.samples, c.phonemes, c.words) for c in chunks)
 
     def _voice(self, voice: str | NDArray[np.float32]) -> tuple[VoiceLibrary, str]:
         """The library and name to synthesize `voice` (a name, a blend such as
@@ -498,7 +523,7 @@ def _join(
     offset = 0
     previous: _Part | None = None
     for part in parts:
-        if previous is not None and trim:
+        if previous is not None and trim and not (previous.is_pause or part.is_pause):
             gap = _padding(previous.samples, _pause_after(previous.phonemes, sentence, clause))
             if gap:
                 pieces.append(np.zeros(gap, np.float32))

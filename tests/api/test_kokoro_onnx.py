@@ -233,3 +233,62 @@ def test_real_model_create_and_stream(real_models: dict[str, Path]) -> None:
     chunks = asyncio.run(stream())
     assert len(chunks) >= 2 and len(chunks[0]) < len(samples)
     assert abs(sum(len(c) for c in chunks) / rate - seconds) < 1.5
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory: pytest.TempPathFactory) -> Kokoro:
+    """The drop-in on a tiny model with Kokoro's duration predictor (word timings work)."""
+    from tests.runtime.timed_models import build_timed_model
+
+    path = build_timed_model(tmp_path_factory.mktemp("timed") / "kokoro-timed.onnx")
+    return Kokoro(str(path), None, threads=1)
+
+
+def test_create_timed_gives_every_word_in_order(timed: Kokoro) -> None:
+    assert timed.has_timings
+    text = "Hello there, my friend. The second sentence comes after it."
+    samples, rate, words = timed.create_timed(text, voice="jf_alpha")
+    assert [w.word for w in words] == [
+        "Hello", "there", "my", "friend", "The", "second", "sentence", "comes", "after", "it",
+    ]  # fmt: skip
+    assert all(0 <= w.start < w.end <= len(samples) / rate + 1e-6 for w in words)
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:], strict=False))
+    plain, _ = timed.create(text, voice="jf_alpha")
+    assert np.array_equal(plain, samples)  # the same audio as create
+
+
+def test_create_timed_moves_words_by_the_pauses_it_adds(timed: Kokoro) -> None:
+    text = " ".join(["The first sentence is a rather long one, with words in it."] * 8)
+    _, _, tight = timed.create_timed(text, voice="jf_alpha", sentence_pause=0, clause_pause=0)
+    audio, rate, wide = timed.create_timed(text, voice="jf_alpha", sentence_pause=1.5)
+    assert [w.word for w in tight] == [w.word for w in wide]
+    moved = [b.start - a.start for a, b in zip(tight, wide, strict=True)]
+    assert moved[0] == 0 and moved[-1] >= 1.0  # at least one join got most of 1.5 s
+    assert wide[-1].end <= len(audio) / rate + 1e-6
+
+
+def test_model_without_duration_predictor_has_no_timings(kokoro: Kokoro) -> None:
+    assert kokoro.has_timings is False
+    samples, _, words = kokoro.create_timed("Hello there.", voice="jf_alpha")
+    assert len(samples) > 0 and words == []
+
+
+def test_pause_markup_is_exact_silence(timed: Kokoro) -> None:
+    samples, rate = timed.create("Hello there. [pause:0.5s] And now more.", voice="jf_alpha")
+    quiet = np.abs(samples) < 1e-4
+    longest = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        longest = max(longest, run)
+    assert abs(longest / rate - 0.5) < 0.010  # the pause, not topped up by sentence_pause
+
+
+def test_lexicon_changes_the_pronunciation(timed: Kokoro, tmp_path: Path) -> None:
+    lexicon = tmp_path / "words.tsv"
+    lexicon.write_text("kokoro\tkˈOkəɹOkˈOkəɹO\n", encoding="utf-8")
+    custom = Kokoro(timed.model_path, None, threads=1, lexicon=lexicon)
+    plain, _ = timed.create("Kokoro.", voice="jf_alpha")
+    longer, _ = custom.create("Kokoro.", voice="jf_alpha")
+    assert len(longer) > len(plain)
+    with pytest.raises(ValueError, match="lexicon"):
+        Kokoro(timed.model_path, None, lexicon=tmp_path / "missing.tsv")
