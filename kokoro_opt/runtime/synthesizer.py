@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -71,8 +71,9 @@ def _silent_ids() -> frozenset[int]:
 class AudioChunk:
     """Audio for one segment of the text.
 
-    `seq` counts chunks from 0; `segment` is the index of the text segment it belongs to (a
-    segment whose phonemes exceed the model's limit yields several chunks). `timings` holds
+    `seq` counts chunks from 0; `segment` is the index of the step of the plan it belongs to
+    (`Synthesizer.plan`: segments and pauses; a segment whose phonemes exceed the model's limit
+    yields several chunks). `timings` holds
     `g2p_ms`, `infer_ms` and `audio_s`. `nonfinite` counts NaN/inf samples the model produced
     (replaced by 0; a healthy model gives 0). `words` are the chunk's word timings in seconds
     from its first sample (only from a synthesizer made with `timestamps=True`; a pause chunk,
@@ -117,7 +118,7 @@ class Synthesizer:
         trim: bool = True,
         allow_spinning: bool = False,
         session: ort.InferenceSession | None = None,
-        timestamps: bool = False,
+        timestamps: bool | Literal["auto"] = False,
     ) -> None:
         self.model_path = Path(model)
         self.voices = VoiceLibrary.from_spec(voices)
@@ -128,13 +129,17 @@ class Synthesizer:
                 provider=provider,
                 threads=threads,
                 allow_spinning=allow_spinning,
-                model_bytes=_with_durations(self.model_path) if timestamps else None,
+                model_bytes=(
+                    _with_durations(self.model_path, required=timestamps is True)
+                    if timestamps
+                    else None
+                ),
             )
         self.session: ort.InferenceSession = session
         self.contract = ModelContract.from_session(self.session)
         # Word timings need the model's durations (added in memory by `timestamps=True` when the
         # model has no such output; a given `session` must already have one).
-        self.timestamps = timestamps and self.contract.durations is not None
+        self.timestamps = bool(timestamps) and self.contract.durations is not None
         self.providers: list[str] = list(self.session.get_providers())
         self.max_chars = max_chars
         self.segment_policy = segment_policy or SegmentPolicy()
@@ -302,11 +307,11 @@ class Synthesizer:
         audio = np.concatenate(parts).astype(np.float32, copy=False)
         return audio, SAMPLE_RATE, words
 
-    def _pieces(self, steps: list[str | Pause], g2p: G2P) -> Iterator[_Piece | Pause]:
+    def _pieces(self, steps: list[str | Pause], g2p: G2P) -> Iterator[_Piece | _Gap]:
         """One _Piece per model call and the pauses between them; unspeakable ones skipped."""
         for index, step in enumerate(steps):
             if isinstance(step, Pause):
-                yield step
+                yield _Gap(index, step.seconds)
                 continue
             phonemes, words = g2p.phonemize_words(step)
             pieces = split_phonemes(phonemes, MAX_PHONEMES)
@@ -335,7 +340,7 @@ class Synthesizer:
             t1 = time.perf_counter()
             upcoming = next(pieces, None)
             next_g2p_ms = (time.perf_counter() - t1) * 1e3
-            if isinstance(current, Pause):
+            if isinstance(current, _Gap):
                 edges = PAUSE_EDGE_S * (spoke + isinstance(upcoming, _Piece))
                 n = max(0, round((current.seconds - edges) * SAMPLE_RATE))
                 yield AudioChunk(
@@ -345,7 +350,7 @@ class Synthesizer:
                     text="",
                     phonemes="",
                     is_last=upcoming is None,
-                    segment=-1,
+                    segment=current.index,
                     timings={"g2p_ms": 0.0, "infer_ms": 0.0, "audio_s": n / SAMPLE_RATE},
                 )
                 after_pause = True
@@ -354,7 +359,7 @@ class Synthesizer:
                 t0 = time.perf_counter()
                 raw, durations = self.infer_timed(tokens, style_for(pack, len(tokens)), speed)
                 infer_ms = (time.perf_counter() - t0) * 1e3
-                lo, hi = self._keep(raw, after_pause, isinstance(upcoming, Pause))
+                lo, hi = self._keep(raw, after_pause, isinstance(upcoming, _Gap))
                 samples, nonfinite = guard_audio(raw[lo:hi])
                 if nonfinite:
                     logger.warning(
@@ -371,6 +376,7 @@ class Synthesizer:
                         sample_rate=SAMPLE_RATE,
                         lead_cut=lo,
                         kept_samples=hi - lo,
+                        phonemes=current.phonemes,
                     )
                 yield AudioChunk(
                     seq=seq,
@@ -417,9 +423,18 @@ class _Piece:
     words: list[PhonemeWord]
 
 
-def _with_durations(path: Path) -> bytes | None:
+@dataclass(frozen=True)
+class _Gap:
+    """A pause: `seconds` of silence between the words around it (step `index` of the plan)."""
+
+    index: int
+    seconds: float
+
+
+def _with_durations(path: Path, *, required: bool) -> bytes | None:
     """The model serialized with a `durations` output added (`graph.durations`), or None when
-    it already has one (or is not a file: create_session reports that)."""
+    it already has one (or is not a file: create_session reports that). A graph without a
+    duration predictor is a ModelFormatError when `required`, else None (no timestamps)."""
     import onnx
 
     from kokoro_opt.graph.durations import add_durations_output, duration_output
@@ -433,7 +448,13 @@ def _with_durations(path: Path) -> bytes | None:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and others on a corrupt file
         raise ModelFormatError(f"Cannot read model {path}: {exc}.") from None
-    timed, _source = add_durations_output(model)
+    try:
+        timed, _source = add_durations_output(model)
+    except ModelFormatError:
+        if required:
+            raise
+        logger.info("%s has no duration predictor: no word timestamps", path.name)
+        return None
     return timed.SerializeToString()
 
 

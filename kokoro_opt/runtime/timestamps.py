@@ -16,13 +16,22 @@ Output formats: JSON records (`WordTiming.to_dict`), SubRip (`to_srt`) and WebVT
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from kokoro_opt.errors import UserInputError
 from kokoro_opt.runtime.tokenizer import filter_phonemes
+
+FORMATS = (".json", ".srt", ".vtt")
+# Kokoro's audio runs ahead of its frame count: the reference pipeline (hexgrad/kokoro,
+# `KPipeline.join_timestamps`) starts its timestamps 3 frames (75 ms) early.
+LEAD_FRAMES = 3.0
 
 # Characters trimmed from the ends of a word's text ("6:45," -> "6:45", "(hello)" -> "hello").
 _EDGE_PUNCT = "\"'“”‘’()[]{}«»,;:!?…—–-¿¡"
@@ -136,12 +145,18 @@ def word_timings(
     sample_rate: int,
     lead_cut: int = 0,
     kept_samples: int | None = None,
+    phonemes: str | None = None,
+    lead_frames: float = LEAD_FRAMES,
 ) -> list[WordTiming]:
-    """Times of `words` (spans into the phonemes of one model call) from that call's durations.
+    """Times of `words` (spans into `phonemes`, the phonemes of one model call) from that
+    call's durations.
 
     `durations` has one entry per token, the two pads included; `raw_samples` is the length of
     the model's audio for the call, `lead_cut` the samples trimmed from its start and
-    `kept_samples` the length kept after trimming (times are clamped into it).
+    `kept_samples` the length kept after trimming (times are clamped into it). As in Kokoro's
+    reference pipeline (hexgrad/kokoro `KPipeline.join_timestamps`), a space between two words
+    is split between them (with `phonemes` given) and every time is `lead_frames` frames earlier
+    than the frame count says.
     """
     frames = np.asarray(durations, dtype=np.float64).reshape(-1)
     total = float(frames.sum())
@@ -151,20 +166,42 @@ def word_timings(
     ends = np.cumsum(frames)
     starts = ends - frames
     limit = (raw_samples - lead_cut) if kept_samples is None else kept_samples
+    hi = limit / sample_rate
+    last_token = len(frames) - 2  # the last text token (before the closing pad)
+
+    def seconds(frame: float) -> float:
+        t = ((frame - lead_frames) * hop - lead_cut) / sample_rate
+        return float(min(max(t, 0.0), hi))
+
     out: list[WordTiming] = []
     for w in words:
-        first = min(w.start + 1, len(frames) - 1)  # +1: the leading pad token
-        last = min(max(w.end, w.start + 1), len(frames) - 1)
-        t0 = (starts[first] * hop - lead_cut) / sample_rate
-        t1 = (ends[last] * hop - lead_cut) / sample_rate if w.end > w.start else t0
-        hi = limit / sample_rate
-        out.append(WordTiming(w.text, float(min(max(t0, 0.0), hi)), float(min(max(t1, 0.0), hi))))
+        first = min(w.start + 1, last_token)  # +1: the leading pad token
+        last = min(max(w.end, w.start + 1), last_token)
+        begin = starts[first]
+        finish = ends[last] if w.end > w.start else begin
+        if phonemes is not None:
+            if w.start > 0 and phonemes[w.start - 1] == " ":
+                begin -= frames[w.start] / 2  # the space before (padded index w.start)
+            if w.end > w.start and w.end < len(phonemes) and phonemes[w.end] == " ":
+                finish += frames[w.end + 1] / 2  # the space after
+        out.append(WordTiming(w.text, seconds(begin), seconds(finish)))
     return out
 
 
 def shift(words: Iterable[WordTiming], seconds: float) -> list[WordTiming]:
     """The same words moved later by `seconds`."""
     return [WordTiming(w.word, w.start + seconds, w.end + seconds) for w in words]
+
+
+def clip(words: Iterable[WordTiming], start: float, end: float) -> list[WordTiming]:
+    """Words of audio cut to [start, end) seconds, in seconds of the cut audio (clamped)."""
+    length = max(0.0, end - start)
+    return [
+        WordTiming(
+            w.word, min(max(w.start - start, 0.0), length), min(max(w.end - start, 0.0), length)
+        )
+        for w in words
+    ]
 
 
 def to_json(words: Sequence[WordTiming]) -> str:
@@ -194,6 +231,38 @@ def render(words: Sequence[WordTiming], suffix: str) -> str:
     if kind == ".vtt":
         return to_vtt(words)
     return to_json(words) + "\n"
+
+
+def check_timestamps_path(path: str | Path) -> Path:
+    """The path of a timestamps file to write, checked before any work: a .json, .srt or .vtt
+    file in an existing folder."""
+    out = Path(path).expanduser()
+    if out.suffix.lower() not in FORMATS:
+        raise UserInputError(
+            f"Timestamps file {out} must end in .json, .srt or .vtt (the format follows the "
+            "extension)."
+        )
+    if out.is_dir():
+        raise UserInputError(f"Timestamps file {out} is a folder: give a file name.")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserInputError(f"Folder {folder} does not exist: create it or choose another path.")
+    return out
+
+
+def write_timestamps(path: str | Path, words: Sequence[WordTiming]) -> Path:
+    """Write the words in the format of the file's extension, atomically (temp file + rename)."""
+    out = check_timestamps_path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(render(words, out.suffix))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
 
 
 def _clock(seconds: float, sep: str) -> str:

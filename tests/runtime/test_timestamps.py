@@ -14,8 +14,10 @@ from kokoro_opt.runtime.g2p import get_g2p
 from kokoro_opt.runtime.markup import Lexicon
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer
 from kokoro_opt.runtime.timestamps import (
+    LEAD_FRAMES,
     PhonemeWord,
     WordTiming,
+    clip,
     locate_pieces,
     phoneme_words,
     render,
@@ -77,11 +79,22 @@ def test_word_timings_from_durations() -> None:
     # pad, 'a', 'b', ' ', 'c', pad -> frames 2, 1, 3, 1, 2, 4 (13 frames of 10 samples)
     durations = np.array([2, 1, 3, 1, 2, 4])
     words = [PhonemeWord("ab", 0, 2), PhonemeWord("c", 3, 4)]
-    timed = word_timings(words, durations, raw_samples=130, sample_rate=100, lead_cut=10)
-    assert timed == [WordTiming("ab", 0.1, 0.5), WordTiming("c", 0.6, 0.8)]
-    clamped = word_timings(words, durations, raw_samples=130, sample_rate=100, kept_samples=60)
-    assert clamped[-1] == WordTiming("c", 0.6, 0.6)
-    assert shift(timed, 1.0)[0] == WordTiming("ab", 1.1, 1.5)
+    args = {"raw_samples": 130, "sample_rate": 100, "lead_cut": 10}
+    plain = word_timings(words, durations, **args, lead_frames=0)
+    assert plain == [WordTiming("ab", 0.1, 0.5), WordTiming("c", 0.6, 0.8)]
+    # the reference pipeline's convention: spaces split between words, times a lead earlier
+    joined = word_timings(words, durations, **args, phonemes="ab c", lead_frames=1)
+    assert joined == [
+        WordTiming("ab", 0.0, pytest.approx(0.45)),
+        WordTiming("c", pytest.approx(0.45), pytest.approx(0.7)),
+    ]
+    kept = word_timings(words, durations, **args, kept_samples=60, lead_frames=0)
+    assert kept[-1] == WordTiming("c", 0.6, 0.6)  # clamped into the kept audio
+    assert shift(plain, 1.0)[0] == WordTiming("ab", 1.1, 1.5)
+    assert clip(plain, 0.2, 0.7) == [
+        WordTiming("ab", 0.0, pytest.approx(0.3)),
+        WordTiming("c", pytest.approx(0.4), pytest.approx(0.5)),
+    ]
 
 
 def test_pieces_and_their_words() -> None:
@@ -142,13 +155,13 @@ def test_word_times_follow_the_frames(timed: Synthesizer) -> None:
     assert len(raw) == int(durations.sum()) * HOP
     lead, end = silence_bounds(raw, SAMPLE_RATE)
     assert len(chunk.samples) == end - lead
-    second = chunk.phonemes.index(" ") + 1  # first phoneme of "world"
-    frame = int(durations[: second + 1].sum())  # frames before it, the leading pad included
-    assert chunk.words[1].word == "world"
-    assert chunk.words[1].start == pytest.approx((frame * HOP - lead) / SAMPLE_RATE, abs=1e-9)
-    assert chunk.words[0].end == pytest.approx(
-        ((frame - durations[second]) * HOP - lead) / SAMPLE_RATE, abs=1e-9
-    )
+    space = chunk.phonemes.index(" ")  # between "Hello" and "world"; padded index space + 1
+    frame = int(durations[: space + 2].sum())  # frames before "world", the leading pad included
+    boundary = frame - durations[space + 1] / 2 - LEAD_FRAMES  # half the space, 3 frames early
+    expected = (boundary * HOP - lead) / SAMPLE_RATE
+    assert [w.word for w in chunk.words] == ["Hello", "world"]
+    assert chunk.words[1].start == pytest.approx(expected, abs=1e-9)
+    assert chunk.words[0].end == pytest.approx(expected, abs=1e-9)  # words meet mid-space
 
 
 def test_pause_is_exact_silence_between_words(timed: Synthesizer) -> None:
