@@ -234,6 +234,14 @@ def test_real_model_create_and_stream(real_models: dict[str, Path]) -> None:
     assert len(chunks) >= 2 and len(chunks[0]) < len(samples)
     assert abs(sum(len(c) for c in chunks) / rate - seconds) < 1.5
 
+    timed, rate, words = kokoro.create_timed(text, voice="jf_gongitsune")
+    assert kokoro.has_timings and np.array_equal(timed, samples)
+    assert [w.word for w in words] == [
+        "Hello", "there", "The", "birch", "canoe", "slid", "on", "the", "smooth", "planks",
+    ]  # fmt: skip
+    assert all(0 <= w.start < w.end <= seconds for w in words)
+    assert words[2].start - words[1].end > 0.1  # the pause between the sentences
+
 
 @pytest.fixture(scope="module")
 def timed(tmp_path_factory: pytest.TempPathFactory) -> Kokoro:
