@@ -49,7 +49,7 @@ from wyoming.tts import (
 from kokoro_opt import __version__
 from kokoro_opt.errors import KokoroOptError, TextError, UserInputError
 from kokoro_opt.runtime.g2p import LANGUAGES, normalize_lang
-from kokoro_opt.runtime.segment import is_speakable, split_sentences
+from kokoro_opt.runtime.segment import is_speakable, split_clauses, split_sentences, split_words
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, check_text
 from kokoro_opt.server.errors import APIError, from_domain
 from kokoro_opt.server.pipeline import SpeechJob, SpeechPipeline
@@ -152,6 +152,19 @@ def complete_sentences(buffer: str) -> tuple[list[str], str]:
         return sentences, ""
     rest = sentences[-1] + (" " if buffer[-1:].isspace() else "")
     return sentences[:-1], rest
+
+
+def long_run_pieces(buffer: str, limit: int) -> tuple[list[str], str]:
+    """(pieces to speak now, the rest) for text without a sentence end that grew past `limit`
+    characters: its complete clauses (cut after `, ; :` and dashes), else words up to `limit`;
+    the last clause or word may still grow, so it stays."""
+    clauses = split_clauses(buffer)
+    if len(clauses) > 1:
+        return clauses[:-1], clauses[-1] + (" " if buffer[-1:].isspace() else "")
+    words = split_words(buffer, limit)
+    if len(words) > 1:
+        return words[:-1], words[-1] + (" " if buffer[-1:].isspace() else "")
+    return [], buffer
 
 
 class WyomingServer:
@@ -437,19 +450,22 @@ class _TextStream:
         self.buffer = ""
         self.spoken = False
         self.reported = False  # a failure was already sent to the client
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()  # sentences, then None at the end
         self.worker = asyncio.create_task(self._work(), name="kokoro-wyoming-stream")
 
     def add(self, text: str) -> None:
         self.buffer += text
-        if len(self.buffer) > self.handler.state.settings.max_chars:
-            raise TextError(
-                f"A sentence in the stream has over {self.handler.state.settings.max_chars:,} "
-                "characters: end sentences with punctuation."
-            )
         done, self.buffer = complete_sentences(self.buffer)
+        limit = self.handler.state.settings.max_segment_chars
+        if len(self.buffer) > limit:  # a long run without a sentence end: speak its clauses
+            more, self.buffer = long_run_pieces(self.buffer, limit)
+            done += more
+        max_chars = self.handler.state.settings.max_chars
         for sentence in done:
-            self.queue.put_nowait(sentence)
+            for piece in (
+                split_words(sentence, max_chars) if len(sentence) > max_chars else [sentence]
+            ):
+                self.queue.put_nowait(piece)
 
     async def finish(self) -> None:
         """Queue what is left, wait until everything is spoken, end the audio."""
@@ -472,17 +488,27 @@ class _TextStream:
     async def _work(self) -> None:
         """Speak queued text until the end marker; a failure is reported to the client here
         and closes the connection."""
+        max_chars = self.handler.state.settings.max_chars
+        backlog: list[str] = []
+        ended = False
         try:
-            ended = False
-            while not ended:
-                texts = [await self.queue.get()]
-                # Sentences completed while the last one was spoken go into one model call.
+            while backlog or not ended:
+                if not backlog and not ended:
+                    backlog.append(await self.queue.get())
                 while not self.queue.empty():
-                    texts.append(self.queue.get_nowait())
-                ended = texts[-1] is None
-                text = " ".join(t for t in texts if t)
+                    backlog.append(self.queue.get_nowait())
+                if backlog and backlog[-1] is None:
+                    backlog.pop()
+                    ended = True
+                # Sentences completed while the last one was spoken go into one request, up to
+                # --max-chars (the rest goes next).
+                take, size = 0, 0
+                while take < len(backlog) and (take == 0 or size + len(backlog[take]) < max_chars):
+                    size += len(backlog[take]) + 1
+                    take += 1
+                text = " ".join(backlog[:take])
+                del backlog[:take]
                 if text and is_speakable(text):
-                    max_chars = self.handler.state.settings.max_chars
                     await self.utterance.say(check_text(text, max_chars))
                     self.spoken = True
         except (ConnectionError, OSError):

@@ -36,6 +36,7 @@ from kokoro_opt.server.wyoming import (
     SAMPLES_PER_CHUNK,
     WyomingServer,
     complete_sentences,
+    long_run_pieces,
     parse_uri,
     run,
 )
@@ -318,3 +319,45 @@ def test_port_in_use_is_a_clear_error(engine: Engine) -> None:
         return str(e.value)
 
     assert "another port" in serve(engine, scenario)
+
+
+def test_long_run_pieces() -> None:
+    assert long_run_pieces("one, two, thr", 5) == (["one,", "two,"], "thr")
+    assert long_run_pieces("one two three four ", 9) == (["one two", "three"], "four ")
+    assert long_run_pieces("short", 100) == ([], "short")
+
+
+def test_streamed_text_without_sentence_ends_is_spoken_in_clauses(engine: Engine) -> None:
+    words = " ".join(f"word{i}," if i % 7 == 6 else f"word{i}" for i in range(80))
+
+    async def scenario(port: int, state: ServerState, app: Any) -> tuple[int, Answer]:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text=words + " ").event())
+            first = await asyncio.wait_for(client.read_event(), READ_TIMEOUT_S)
+            assert first is not None and first.type == "audio-start"  # before the stop
+            await client.write_event(SynthesizeStop().event())
+            answer = await read_until(client, "synthesize-stopped")
+        return state.telemetry.requests, Answer([first, *answer.events])
+
+    requests, answer = serve(
+        engine, scenario, ServerSettings(cache_entries=0, max_segment_chars=60)
+    )
+    check_audio(answer)
+    assert requests >= 2
+
+
+def test_a_whole_book_in_one_chunk_is_split_under_max_chars(engine: Engine) -> None:
+    text = "This sentence has some words in it. " * 40  # about 1,400 characters
+
+    async def scenario(port: int, state: ServerState, app: Any) -> tuple[int, Answer]:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text=text).event())
+            await client.write_event(SynthesizeStop().event())
+            answer = await read_until(client, "synthesize-stopped")
+        return state.telemetry.requests, answer
+
+    requests, answer = serve(engine, scenario, ServerSettings(cache_entries=0, max_chars=500))
+    check_audio(answer)
+    assert requests >= 3  # no request over --max-chars, no error
