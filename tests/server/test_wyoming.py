@@ -361,3 +361,25 @@ def test_a_whole_book_in_one_chunk_is_split_under_max_chars(engine: Engine) -> N
     requests, answer = serve(engine, scenario, ServerSettings(cache_entries=0, max_chars=500))
     check_audio(answer)
     assert requests >= 3  # no request over --max-chars, no error
+
+
+def test_unix_socket(engine: Engine, tmp_path: Path) -> None:
+    from wyoming.client import AsyncUnixClient
+
+    path = tmp_path / "kokoro.sock"
+
+    async def main() -> str:
+        app = create_app(engine, ServerSettings(cache_entries=0))
+        async with app.router.lifespan_context(app):
+            server = WyomingServer(app.state.kokoro, f"unix://{path}")
+            await server.start()
+            try:
+                async with AsyncUnixClient(path) as client:
+                    await client.write_event(Describe().event())
+                    event = await asyncio.wait_for(client.read_event(), READ_TIMEOUT_S)
+            finally:
+                await server.close()
+        return event.type if event else "closed"
+
+    assert asyncio.run(main()) == "info"
+    assert not path.exists()  # removed at close
