@@ -15,10 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kokoro_opt.bench.harness import BenchModel
 from kokoro_opt.quality.timestamps import SentenceTimestamps, TimestampSummary, summarize
+
+if TYPE_CHECKING:
+    from kokoro_opt.runtime.markup import Lexicon
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -32,6 +35,7 @@ class TimestampConfig:
     provider: str = "cpu"
     threads: int | None = None
     asr_threads: int = 2
+    lexicon: Lexicon | None = None
 
 
 @dataclass
@@ -97,7 +101,11 @@ def check_timestamps(
     for text in config.texts:
         for synth, result in zip(synths, results, strict=True):
             audio, rate, words = synth.synthesize_timed(
-                text, voice=config.voice, speed=config.speed, lang=config.lang
+                text,
+                voice=config.voice,
+                speed=config.speed,
+                lang=config.lang,
+                lexicon=config.lexicon,
             )
             heard = transcribe_words(audio, rate, threads=config.asr_threads)
             result.rows.append(compare_words(text, words, heard))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from kokoro_opt.bench.evaluate import EvalResult
     from kokoro_opt.bench.harness import BenchModel
     from kokoro_opt.report.schema import Report
+    from kokoro_opt.runtime.markup import Lexicon
 
 DEFAULT_MODELS = ["kokoro-int8-export"]
 DEFAULT_REFERENCE = "kokoro-fp32"
@@ -89,6 +90,13 @@ def eval_models(
             show_default=False,
         ),
     ] = None,
+    lexicon: Annotated[
+        Path | None,
+        typer.Option(
+            help="A pronunciation file (word<TAB>phonemes per line) applied to every text.",
+            show_default=False,
+        ),
+    ] = None,
     timestamps: Annotated[
         bool,
         typer.Option(
@@ -126,6 +134,7 @@ def eval_models(
     check_speed(speed)
     VoiceLibrary.default().validate(voice)
     corpus = load_corpus(texts, limit)
+    lex = _load_lexicon(lexicon)
     args = list(models or DEFAULT_MODELS)
     ref_model, *_ = resolve_models([reference])
     chosen = resolve_models(args)
@@ -145,6 +154,7 @@ def eval_models(
             lang=lang,
             provider=resolved_provider,
             threads=threads,
+            lexicon=lex,
             json_output=json_output,
         )
         return
@@ -162,6 +172,7 @@ def eval_models(
         asr=asr,
         asr_threads=threads or 2,
         wav_dir=folder / "wav",
+        lexicon=lex,
     )
     with progress_bar() as report_progress:
         result = evaluate(chosen, config, progress=report_progress)
@@ -195,6 +206,12 @@ def eval_models(
     )
 
 
+def _load_lexicon(path: Path | None) -> Lexicon | None:
+    from kokoro_opt.runtime.markup import Lexicon
+
+    return Lexicon.load(path) if path is not None else None
+
+
 def _check_timestamps(
     models: list[BenchModel],
     corpus: list[str],
@@ -205,6 +222,7 @@ def _check_timestamps(
     lang: str,
     provider: str,
     threads: int | None,
+    lexicon: Lexicon | None,
     json_output: bool,
 ) -> None:
     from rich.table import Table
@@ -220,6 +238,7 @@ def _check_timestamps(
         provider=provider,
         threads=threads,
         asr_threads=threads or 2,
+        lexicon=lexicon,
     )
     with progress_bar() as report_progress:
         result = check_timestamps(models, config, progress=report_progress)
