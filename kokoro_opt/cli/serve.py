@@ -123,14 +123,38 @@ def serve(
         bool,
         typer.Option(help="Serve HTTP; --no-http with --wyoming serves only Wyoming."),
     ] = True,
+    lexicon: Annotated[
+        Path | None,
+        typer.Option(
+            help="A pronunciation file (word<TAB>phonemes per line) applied to every request.",
+            show_default=False,
+        ),
+    ] = None,
+    ssml: Annotated[
+        str,
+        typer.Option(
+            help="SSML tags other than <break> and <speak> in requests: 'strict' answers 400, "
+            "'lenient' strips them and keeps their text."
+        ),
+    ] = "strict",
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            help="Word timestamps in ndjson/SSE records and POST /v1/audio/speech/timestamps "
+            "(the sessions get the model's durations; off for a model without a duration "
+            "predictor). --no-timestamps loads faster."
+        ),
+    ] = True,
 ) -> None:
-    """Serve MODEL over HTTP: POST /v1/audio/speech (OpenAI-compatible, streaming), /health,
+    """Serve MODEL over HTTP: POST /v1/audio/speech (OpenAI-compatible, streaming),
+    POST /v1/audio/speech/timestamps (audio and word times in one JSON body), /health,
     /v1/models, /v1/audio/voices, /status and /metrics; with --wyoming also (or, with
     --no-http, only) over Home Assistant's Wyoming protocol."""
     import uvicorn
 
     from kokoro_opt.errors import UserInputError
     from kokoro_opt.runtime.g2p import normalize_lang
+    from kokoro_opt.runtime.markup import Lexicon
     from kokoro_opt.runtime.session import normalize_provider
     from kokoro_opt.server import Engine, ServerSettings, create_app
     from kokoro_opt.store import resolve_model
@@ -167,11 +191,18 @@ def serve(
         cache_entries=cache_entries,
         default_voice=voice,
         default_lang=normalize_lang(lang),
+        lexicon=Lexicon.load(lexicon) if lexicon is not None else None,
+        ssml=ssml,
     )
     model_path = resolve_model(model)
     with err_console.status(f"Loading {model_path.name} into {sessions} session(s) ..."):
         engine = Engine.load(
-            model_path, sessions=sessions, providers=providers, threads=threads, voices=voices
+            model_path,
+            sessions=sessions,
+            providers=providers,
+            threads=threads,
+            voices=voices,
+            timestamps="auto" if timestamps else False,
         )
     app = create_app(engine, settings)
     if http and host not in LOOPBACK and api_key is None:
