@@ -62,3 +62,17 @@ def test_two_candidate_chains_are_refused() -> None:
     model.graph.node.append(onnx.helper.make_node("CumSum", ["d2", "i0"], ["cum2"]))
     with pytest.raises(ModelFormatError, match="2 CumSum"):
         find_duration_tensor(model)
+
+
+def test_found_after_int4() -> None:
+    """INT4 (MatMulNBits, GatherBlockQuantized, Conv weights through DequantizeLinear) leaves
+    the duration chain alone: it is found and its output accounts for every frame."""
+    from kokoro_opt.passes import int4
+
+    quantized = int4.run(
+        aligner_model(), int4.Config(conv=True, gather=True, min_elements=1), PassContext()
+    ).model
+    assert {"MatMulNBits", "DequantizeLinear"} <= {n.op_type for n in quantized.graph.node}
+    result = durations.run(quantized)
+    audio, dur = run(result.model, aligner_feeds(9))
+    assert dur.shape == (11,) and int(dur.sum()) == audio.size

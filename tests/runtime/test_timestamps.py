@@ -75,6 +75,13 @@ def test_english_g2p_words_cover_numbers_and_abbreviations() -> None:
     assert spans["Kokoro"] == "kˈOkəɹO" and "dˈɑləɹz" in spans["$5.50"]
 
 
+def test_espeak_words_and_inline_pronunciations() -> None:
+    phonemes, words = get_g2p("es").phonemize_words("Hola, ¿cómo estás [Kokoro](/kˈOkəɹO/) hoy?")
+    assert [w.text for w in words] == ["Hola", "cómo", "estás", "Kokoro", "hoy"]
+    spans = [phonemes[w.start : w.end] for w in words]
+    assert spans[3] == "kˈOkəɹO" and all(s and "," not in s and "?" not in s for s in spans)
+
+
 def test_word_timings_from_durations() -> None:
     # pad, 'a', 'b', ' ', 'c', pad -> frames 2, 1, 3, 1, 2, 4 (13 frames of 10 samples)
     durations = np.array([2, 1, 3, 1, 2, 4])
