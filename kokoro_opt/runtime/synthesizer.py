@@ -104,6 +104,13 @@ class Synthesizer:
     0.4-0.6 s after, which would otherwise put a one-second hole between segments and delay the
     first audible sample), NaN/inf set to 0, clipped to [-1, 1], with 4 ms edge ramps.
     `infer` returns the raw model output.
+
+    Text may hold markup (`runtime.markup`: `[pause:0.5s]`, `<break time="300ms"/>`,
+    `[word](/phonemes/)`); a pause is exact silence between the speech around it.
+    `timestamps=True` gives chunks their word timings (`AudioChunk.words`, `synthesize_timed`):
+    the model's per-token durations are read from its duration output, added in memory by
+    `graph.durations` when the model has none (ModelFormatError when its graph has no duration
+    predictor; `"auto"` then goes on without timestamps).
     """
 
     def __init__(
