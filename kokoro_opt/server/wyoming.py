@@ -11,6 +11,8 @@ Events (the `wyoming` package's own classes and framing):
   the next model call. One `audio-start` before the first chunk, one `audio-stop` after the last,
   then `synthesize-stopped`. A `synthesize` inside a stream is Home Assistant's compatibility copy
   of the same text and is ignored.
+- Speech markup is read as for HTTP requests (`[pause:0.5s]`, `<break>`, pronunciations, the
+  server's --ssml and --lexicon); a stream may end with a pause.
 - Bad input (unknown voice or language, empty text, a busy server) is answered with an `error`
   event (`text`, `code`), after which the server closes the connection, so a client waiting for
   audio is never left hanging.
@@ -49,6 +51,7 @@ from wyoming.tts import (
 from kokoro_opt import __version__
 from kokoro_opt.errors import KokoroOptError, TextError, UserInputError
 from kokoro_opt.runtime.g2p import LANGUAGES, normalize_lang
+from kokoro_opt.runtime.markup import Pause, Speech, parse_markup
 from kokoro_opt.runtime.segment import is_speakable, split_clauses, split_sentences, split_words
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, check_text
 from kokoro_opt.server.errors import APIError, from_domain
@@ -364,8 +367,20 @@ class _Utterance:
         self.samples = 0
         self.first_audio_noted = False
 
-    async def say(self, text: str) -> None:
+    async def say(self, text: str, *, whole: bool = True) -> bool:
+        """Speak `text` through one pipeline; its speech markup (pauses, SSML breaks,
+        pronunciations) is read with the server's --ssml and --lexicon. A piece of a stream
+        (`whole=False`) made only of pauses is sent as that much silence; a request without
+        speech is a TextError. Returns whether there was speech."""
         state = self.handler.state
+        settings = state.settings
+        items = tuple(parse_markup(text, lexicon=settings.lexicon, ssml=settings.ssml))
+        if not any(isinstance(item, Speech) for item in items):
+            seconds = sum(item.seconds for item in items if isinstance(item, Pause))
+            if whole or seconds <= 0:
+                raise TextError("Nothing speakable in the text: give words, not only pauses.")
+            await self._send(bytes(SAMPLE_WIDTH * round(seconds * SAMPLE_RATE)), audible=False)
+            return False
         job = SpeechJob(
             text=text,
             voice=self.name,
@@ -376,6 +391,7 @@ class _Utterance:
             stream_format="audio",
             stream=True,
             arrived=time.perf_counter(),
+            items=items,
         )
         pipeline = SpeechPipeline(
             state.engine, job, state.pipeline_config, cache=state.cache, telemetry=state.telemetry
@@ -407,6 +423,7 @@ class _Utterance:
                 disconnected=error is None and not completed,
                 error_code=error.code if error else None,
             )
+        return True
 
     async def finish(self) -> None:
         """End the audio: `audio-stop` (an `audio-start` first if nothing was said)."""
@@ -509,8 +526,8 @@ class _TextStream:
                 text = " ".join(backlog[:take])
                 del backlog[:take]
                 if text and is_speakable(text):
-                    await self.utterance.say(check_text(text, max_chars))
-                    self.spoken = True
+                    spoke = await self.utterance.say(check_text(text, max_chars), whole=False)
+                    self.spoken = self.spoken or spoke
         except (ConnectionError, OSError):
             self.reported = True
             await self.handler.stop()

@@ -383,3 +383,51 @@ def test_unix_socket(engine: Engine, tmp_path: Path) -> None:
 
     assert asyncio.run(main()) == "info"
     assert not path.exists()  # removed at close
+
+
+def test_markup_pauses_and_ssml_rules_apply(engine: Engine) -> None:
+    text = "Hello there. [pause:0.5s] And now more."
+
+    async def scenario(port: int, state: ServerState, app: Any) -> tuple[Answer, bytes, Answer]:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(Synthesize(text=text).event())
+            answer = await read_until(client, "audio-stop")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            body = {"model": "tts-1", "input": text, "voice": state.settings.default_voice}
+            response = await http.post(
+                "/v1/audio/speech", json={**body, "response_format": "pcm", "stream": False}
+            )
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            bad = Synthesize(text="<prosody rate='slow'>Hello</prosody>")
+            await client.write_event(bad.event())
+            refused = await read_until(client, "audio-stop")
+        return answer, response.content, refused
+
+    answer, http_pcm, refused = serve(engine, scenario)
+    samples = check_audio(answer)
+    assert answer.pcm == http_pcm  # the same markup reading as HTTP
+    silent = samples == 0
+    longest = run = 0
+    for quiet in silent:
+        run = run + 1 if quiet else 0
+        longest = max(longest, run)
+    assert abs(longest / 24000 - 0.5) < 0.010
+    assert refused.types == ["error"] and "prosody" in Error.from_event(refused.events[0]).text
+
+
+def test_a_stream_may_end_with_a_pause(engine: Engine) -> None:
+    async def scenario(port: int, state: ServerState, app: Any) -> Answer:
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text="Hello there. ").event())
+            first = await read_until(client, "audio-chunk")  # the sentence is being spoken
+            await client.write_event(SynthesizeChunk(text="[pause:1s]").event())
+            await client.write_event(SynthesizeStop().event())
+            rest = await read_until(client, "synthesize-stopped")
+            return Answer(first.events + rest.events)
+
+    answer = serve(engine, scenario)
+    samples = check_audio(answer)
+    trailing_zeros = int(np.argmax(samples[::-1] != 0))
+    assert abs(trailing_zeros / 24000 - 1.0) < 0.010  # the pause, as silence at the end
