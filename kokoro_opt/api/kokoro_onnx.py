@@ -159,6 +159,7 @@ class Kokoro:
         `ssml` (`strict` refuses SSML tags other than <break>, `lenient` strips them)."""
         from kokoro_opt.store import resolve_model
 
+        self._markup(lexicon, ssml)  # a bad lexicon fails before the model loads
         with _errors():
             voices = _load_voices(voices_path)
             synth = Synthesizer(
@@ -169,7 +170,6 @@ class Kokoro:
                 max_chars=MAX_TEXT_CHARS,
             )
         self._setup(synth, espeak_config, vocab_config, threads=threads)
-        self._markup(lexicon, ssml)
 
     @classmethod
     def from_session(
