@@ -1,4 +1,5 @@
-"""Dependencies point one way: cli -> recipe/pipeline -> passes -> graph; bench/server -> runtime.
+"""Dependencies point one way: cli -> recipe/pipeline -> passes -> graph; bench, server and api
+-> runtime.
 
 Checked statically from each module's imports, so a wrong-way import fails here before it
 becomes a cycle. Only `kokoro_opt.cli` may print or exit.
@@ -17,11 +18,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kokoro_opt"
 FORBIDDEN: dict[str, set[str]] = {
     "graph": {"cli", "recipe", "pipeline", "passes", "runtime", "server", "bench", "report"},
     "passes": {"cli", "recipe", "pipeline", "server", "bench", "report"},
-    "runtime": {"cli", "recipe", "pipeline", "passes", "server", "bench", "report", "quality"},
+    "runtime": {"cli", "recipe", "pipeline", "passes", "server", "bench", "report", "quality"}
+    | {"api"},
     "store": {"cli", "recipe", "pipeline", "passes", "server", "bench", "report"},
     "quality": {"cli", "recipe", "pipeline", "passes", "server", "bench"},
     "report": {"cli", "recipe", "pipeline", "passes", "server", "bench", "runtime"},
-    "server": {"cli", "recipe", "pipeline", "passes", "bench"},
+    "server": {"cli", "recipe", "pipeline", "passes", "bench", "api"},
+    "api": {"cli", "recipe", "pipeline", "passes", "server", "bench", "report", "quality"},
     "bench": {"cli", "recipe", "pipeline", "passes", "server"},
     "recipe": {"cli"},
     "pipeline": {"cli"},

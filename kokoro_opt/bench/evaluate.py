@@ -40,6 +40,7 @@ from kokoro_opt.errors import TextError, UserInputError
 if TYPE_CHECKING:
     from kokoro_opt.quality.distance import AudioDistance
     from kokoro_opt.quality.wer import CorpusErrors
+    from kokoro_opt.runtime.markup import Lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class EvalConfig:
     asr_threads: int = 2
     f0: bool = True
     wav_dir: Path | None = None
+    lexicon: Lexicon | None = None  # pronunciations applied to every text (runtime.markup)
 
     def __post_init__(self) -> None:
         if not self.texts:
@@ -207,7 +209,9 @@ def evaluate(
         )
         synths.append(synth)
 
-    phonemes = [_phonemize(synths[0], text, lang, i) for i, text in enumerate(texts)]
+    phonemes = [
+        _phonemize(synths[0], text, lang, i, config.lexicon) for i, text in enumerate(texts)
+    ]
     order = sorted(range(len(models)), key=lambda k: not evals[k].is_reference)
     ref_eval = evals[order[0]]
     asr_audio = asr_time = 0.0
@@ -297,9 +301,11 @@ def wav_path(wav_dir: Path, model: str, index: int) -> Path:
     return wav_dir / safe_name(model) / f"{index:03d}.wav"
 
 
-def _phonemize(synth: Any, text: str, lang: str, index: int) -> list[str]:
+def _phonemize(
+    synth: Any, text: str, lang: str, index: int, lexicon: Lexicon | None = None
+) -> list[str]:
     try:
-        pieces = synth.phonemize(text, lang, first_segment_fast=False)
+        pieces = synth.phonemize(text, lang, first_segment_fast=False, lexicon=lexicon)
     except TextError as exc:
         raise TextError(f"Text #{index + 1} ({_clip(text)!r}) cannot be spoken: {exc}") from None
     if not pieces:

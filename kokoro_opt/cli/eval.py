@@ -14,7 +14,9 @@ from kokoro_opt.cli.console import console
 
 if TYPE_CHECKING:
     from kokoro_opt.bench.evaluate import EvalResult
+    from kokoro_opt.bench.harness import BenchModel
     from kokoro_opt.report.schema import Report
+    from kokoro_opt.runtime.markup import Lexicon
 
 DEFAULT_MODELS = ["kokoro-int8-export"]
 DEFAULT_REFERENCE = "kokoro-fp32"
@@ -88,6 +90,22 @@ def eval_models(
             show_default=False,
         ),
     ] = None,
+    lexicon: Annotated[
+        Path | None,
+        typer.Option(
+            help="A pronunciation file (word<TAB>phonemes per line) applied to every text.",
+            show_default=False,
+        ),
+    ] = None,
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--timestamps",
+            help="Instead of fidelity, check every model's word timestamps (the reference's too) "
+            "against Whisper's word timestamps: median absolute boundary difference, and "
+            "whether the words spell each text. Writes timestamps.json in the run folder.",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON instead of tables.")
     ] = False,
@@ -116,6 +134,7 @@ def eval_models(
     check_speed(speed)
     VoiceLibrary.default().validate(voice)
     corpus = load_corpus(texts, limit)
+    lex = _load_lexicon(lexicon)
     args = list(models or DEFAULT_MODELS)
     ref_model, *_ = resolve_models([reference])
     chosen = resolve_models(args)
@@ -125,6 +144,20 @@ def eval_models(
     else:
         chosen = resolve_models([reference, *args])
     folder = run_dir(out, "eval", created)
+    if timestamps:
+        _check_timestamps(
+            chosen,
+            corpus,
+            folder,
+            voice=voice,
+            speed=speed,
+            lang=lang,
+            provider=resolved_provider,
+            threads=threads,
+            lexicon=lex,
+            json_output=json_output,
+        )
+        return
     entries = describe(chosen)
     check_mergeable(folder, entries)
 
@@ -139,6 +172,7 @@ def eval_models(
         asr=asr,
         asr_threads=threads or 2,
         wav_dir=folder / "wav",
+        lexicon=lex,
     )
     with progress_bar() as report_progress:
         result = evaluate(chosen, config, progress=report_progress)
@@ -170,6 +204,69 @@ def eval_models(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _load_lexicon(path: Path | None) -> Lexicon | None:
+    from kokoro_opt.runtime.markup import Lexicon
+
+    return Lexicon.load(path) if path is not None else None
+
+
+def _check_timestamps(
+    models: list[BenchModel],
+    corpus: list[str],
+    folder: Path,
+    *,
+    voice: str,
+    speed: float,
+    lang: str,
+    provider: str,
+    threads: int | None,
+    lexicon: Lexicon | None,
+    json_output: bool,
+) -> None:
+    from rich.table import Table
+
+    from kokoro_opt.bench.timestamps import TimestampConfig, check_timestamps
+    from kokoro_opt.cli._artifacts import progress_bar, write_json_atomic
+
+    config = TimestampConfig(
+        texts=corpus,
+        voice=voice,
+        speed=speed,
+        lang=lang,
+        provider=provider,
+        threads=threads,
+        asr_threads=threads or 2,
+        lexicon=lexicon,
+    )
+    with progress_bar() as report_progress:
+        result = check_timestamps(models, config, progress=report_progress)
+    path = write_json_atomic(folder / "timestamps.json", result.to_dict())
+    if json_output:
+        summary = {m.name: m.summary.to_dict() for m in result.models}
+        console.print_json(json.dumps({"file": str(path), "models": summary}))
+        return
+    table = Table(
+        title=f"Word timestamps vs Whisper over {len(corpus)} texts", title_justify="left"
+    )
+    for col in ("model", "words", "boundaries", "median |Δ|", "p90 |Δ|", "start bias",
+                "end bias", "all words"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in result.models:
+        s = m.summary
+        table.add_row(
+            m.name,
+            str(s.words),
+            str(s.boundaries),
+            f"{s.median_abs_ms:.0f} ms",
+            f"{s.p90_abs_ms:.0f} ms",
+            f"{s.median_start_bias_ms:+.0f} ms",
+            f"{s.median_end_bias_ms:+.0f} ms",
+            f"{s.complete_sentences}/{s.sentences}",
+        )
+    console.print(table)
+    console.print(f"Details: {path}", highlight=False, soft_wrap=True)
 
 
 def _json(

@@ -110,13 +110,51 @@ def serve(
         str, typer.Option(help="Server log level: debug, info, warning or error.")
     ] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    wyoming: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URI",
+            help="Also serve Home Assistant's Wyoming protocol at URI: tcp://HOST:PORT (such as "
+            "tcp://127.0.0.1:10200) or unix:///path/to/socket. It shares the sessions, limits "
+            "and telemetry of the HTTP server.",
+        ),
+    ] = None,
+    http: Annotated[
+        bool,
+        typer.Option(help="Serve HTTP; --no-http with --wyoming serves only Wyoming."),
+    ] = True,
+    lexicon: Annotated[
+        Path | None,
+        typer.Option(
+            help="A pronunciation file (word<TAB>phonemes per line) applied to every request.",
+            show_default=False,
+        ),
+    ] = None,
+    ssml: Annotated[
+        str,
+        typer.Option(
+            help="SSML tags other than <break> and <speak> in requests: 'strict' answers 400, "
+            "'lenient' strips them and keeps their text."
+        ),
+    ] = "strict",
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            help="Word timestamps in ndjson/SSE records and POST /v1/audio/speech/timestamps "
+            "(the sessions get the model's durations; off for a model without a duration "
+            "predictor). --no-timestamps loads faster."
+        ),
+    ] = True,
 ) -> None:
-    """Serve MODEL over HTTP: POST /v1/audio/speech (OpenAI-compatible, streaming), /health,
-    /v1/models, /v1/audio/voices, /status and /metrics."""
+    """Serve MODEL over HTTP: POST /v1/audio/speech (OpenAI-compatible, streaming),
+    POST /v1/audio/speech/timestamps (audio and word times in one JSON body), /health,
+    /v1/models, /v1/audio/voices, /status and /metrics; with --wyoming also (or, with
+    --no-http, only) over Home Assistant's Wyoming protocol."""
     import uvicorn
 
     from kokoro_opt.errors import UserInputError
     from kokoro_opt.runtime.g2p import normalize_lang
+    from kokoro_opt.runtime.markup import Lexicon
     from kokoro_opt.runtime.session import normalize_provider
     from kokoro_opt.server import Engine, ServerSettings, create_app
     from kokoro_opt.store import resolve_model
@@ -128,6 +166,15 @@ def serve(
         )
     if not 0 < port < 65536:
         raise UserInputError(f"Port {port} is out of range: use 1 to 65535.")
+    wyoming_address = None
+    if wyoming is not None:
+        from kokoro_opt.server.wyoming import parse_uri
+
+        wyoming_address = parse_uri(wyoming)
+    elif not http:
+        raise UserInputError(
+            "Nothing to serve: --no-http needs --wyoming URI (such as tcp://127.0.0.1:10200)."
+        )
     providers = [
         normalize_provider(p) for item in (provider or ["cpu"]) for p in item.split(",") if p
     ]
@@ -144,21 +191,35 @@ def serve(
         cache_entries=cache_entries,
         default_voice=voice,
         default_lang=normalize_lang(lang),
+        lexicon=Lexicon.load(lexicon) if lexicon is not None else None,
+        ssml=ssml,
     )
     model_path = resolve_model(model)
     with err_console.status(f"Loading {model_path.name} into {sessions} session(s) ..."):
         engine = Engine.load(
-            model_path, sessions=sessions, providers=providers, threads=threads, voices=voices
+            model_path,
+            sessions=sessions,
+            providers=providers,
+            threads=threads,
+            voices=voices,
+            timestamps="auto" if timestamps else False,
         )
     app = create_app(engine, settings)
-    if host not in LOOPBACK and api_key is None:
+    if http and host not in LOOPBACK and api_key is None:
         err_console.print(
             f"[bold yellow]warning:[/] listening on {host} without an API key: anyone who can "
             "reach this port can use the server. Set --api-key or KOKORO_OPT_API_KEY."
         )
+    if wyoming_address is not None and wyoming_address.host not in (None, *LOOPBACK):
+        err_console.print(
+            f"[bold yellow]warning:[/] the Wyoming protocol has no authentication: anyone who "
+            f"can reach {wyoming_address.uri} can use it."
+        )
+    where = [f"http://{host}:{port}"] if http else []
+    where += [wyoming_address.uri] if wyoming_address is not None else []
     err_console.print(
         f"Serving [bold]{engine.model_id}[/] on {', '.join(engine.providers)} at "
-        f"http://{host}:{port} once warm (Ctrl+C stops it)."
+        f"{' and '.join(where)} once warm (Ctrl+C stops it)."
     )
     config = uvicorn.Config(
         app,
@@ -169,4 +230,11 @@ def serve(
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    if wyoming_address is None:
+        uvicorn.Server(config).run()
+        return
+    import asyncio
+
+    from kokoro_opt.server.wyoming import run
+
+    asyncio.run(run(app, wyoming_uri=wyoming_address.uri, http=config if http else None))

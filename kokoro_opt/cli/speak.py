@@ -58,20 +58,48 @@ def speak(
         int | None,
         typer.Option(help="Intra-op threads for ONNX Runtime; default is one per core."),
     ] = None,
+    timestamps: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write word timestamps (seconds of the WAV) to this file: .json, .srt or "
+            ".vtt, by extension. The model gets a durations output in memory if it has none.",
+            show_default=False,
+        ),
+    ] = None,
+    lexicon: Annotated[
+        Path | None,
+        typer.Option(
+            help="A pronunciation file: one 'word<TAB>phonemes' per line. A lower-case word "
+            "matches any capitalization; a word with capitals matches only that spelling.",
+            show_default=False,
+        ),
+    ] = None,
+    ssml: Annotated[
+        str,
+        typer.Option(
+            help="SSML tags other than <break> and <speak>: 'strict' refuses them, 'lenient' "
+            "strips them and keeps their text."
+        ),
+    ] = "strict",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Speak TEXT into a WAV file and print duration, synthesis time and real-time factor."""
+    """Speak TEXT into a WAV file and print duration, synthesis time and real-time factor.
+
+    TEXT may hold pauses ([pause:0.5s], <break time="300ms"/>) and pronunciations
+    ([Kokoro](/kˈOkəɹO/)); see docs/speech-markup.md."""
     import numpy as np
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from kokoro_opt.errors import UserInputError
     from kokoro_opt.runtime.audio import write_wav
     from kokoro_opt.runtime.g2p import get_g2p, normalize_lang
-    from kokoro_opt.runtime.segment import segment_text
+    from kokoro_opt.runtime.markup import Lexicon, check_ssml_mode, parse_markup
     from kokoro_opt.runtime.session import normalize_provider
     from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, check_speed, check_text
+    from kokoro_opt.runtime.timestamps import check_timestamps_path, shift, write_timestamps
     from kokoro_opt.runtime.voices import VoiceLibrary
     from kokoro_opt.store import resolve_model
 
@@ -79,6 +107,15 @@ def speak(
         text = sys.stdin.read()
     # Cheap checks first, so bad input fails before the model loads.
     check_text(text)
+    ssml = check_ssml_mode(ssml)
+    words_file = check_timestamps_path(timestamps) if timestamps is not None else None
+    if (
+        words_file is not None
+        and words_file.expanduser().absolute() == output.expanduser().absolute()
+    ):
+        raise UserInputError("--timestamps and --output name the same file: give two paths.")
+    lex = Lexicon.load(lexicon) if lexicon is not None else None
+    parse_markup(text, lexicon=lex, ssml=ssml)  # markup errors before the model loads
     speed = check_speed(speed)
     lang = normalize_lang(lang)
     provider = normalize_provider(provider)
@@ -88,12 +125,20 @@ def speak(
 
     start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} and the {lang} G2P ..."):
-        synth = Synthesizer(model_path, voices=library, provider=provider, threads=threads)
+        synth = Synthesizer(
+            model_path,
+            voices=library,
+            provider=provider,
+            threads=threads,
+            timestamps=words_file is not None,
+        )
         get_g2p(lang)  # one-time start-up cost, kept out of the synthesis time
     load_s = time.perf_counter() - start
 
-    n_segments = len(segment_text(text, policy=synth.segment_policy))
+    n_steps = len(synth.plan(text, lexicon=lex, ssml=ssml))
     chunks = []
+    words = []
+    offset = 0
     first_audio_s = None
     start = time.perf_counter()
     with Progress(
@@ -104,16 +149,21 @@ def speak(
         console=err_console,
         transient=True,
     ) as progress:
-        task = progress.add_task("Speaking", total=n_segments)
-        for chunk in synth.stream(text, voice=voice, speed=speed, lang=lang):
+        task = progress.add_task("Speaking", total=n_steps)
+        stream = synth.stream(text, voice=voice, speed=speed, lang=lang, lexicon=lex, ssml=ssml)
+        for chunk in stream:
             if first_audio_s is None:
                 first_audio_s = time.perf_counter() - start
+            words.extend(shift(chunk.words, offset / SAMPLE_RATE))
+            offset += len(chunk.samples)
             chunks.append(chunk.samples)
             progress.update(task, completed=chunk.segment + 1)
     synth_s = time.perf_counter() - start
 
     audio = np.concatenate(chunks)
     write_wav(output, audio, SAMPLE_RATE)
+    if words_file is not None:
+        write_timestamps(words_file, words)
     duration = len(audio) / SAMPLE_RATE
     summary = {
         "output": str(output),
@@ -130,6 +180,9 @@ def speak(
         "first_audio_s": round(first_audio_s or 0.0, 3),
         "rtf": round(synth_s / duration, 4) if duration else None,
     }
+    if words_file is not None:
+        summary["timestamps"] = str(words_file)
+        summary["words"] = len(words)
     if json_output:
         console.print_json(json.dumps(summary))
         return
@@ -142,4 +195,6 @@ def speak(
     table.add_row("RTF", f"{synth_s / duration:.3f}" if duration else "n/a")
     table.add_row("Model", f"{model_path.name} on {synth.providers[0]} (loaded in {load_s:.2f} s)")
     table.add_row("Voice", f"{voice}, {lang}, speed {speed:g}")
+    if words_file is not None:
+        table.add_row("Words", f"{len(words)} word timestamps in {words_file}")
     console.print(table)

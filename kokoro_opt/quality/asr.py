@@ -15,6 +15,7 @@ at 6.9 %.
 
     text = transcribe(audio, 24000)            # float32 mono at any rate -> str
     result = transcribe_timed(audio, 24000)    # + audio and ASR seconds, for the ASR's speed
+    words = transcribe_words(audio, 24000)     # [AsrWord(word, start, end)], Whisper's own times
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class Transcript:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rtf": self.rtf}
+
+
+@dataclass(frozen=True)
+class AsrWord:
+    """A recognized word and Whisper's time for it (seconds from the start of the audio)."""
+
+    word: str
+    start: float
+    end: float
 
 
 def model_files() -> dict[str, Path]:
@@ -208,3 +218,33 @@ def transcribe_timed(audio: np.ndarray, sr: int, *, threads: int = DEFAULT_THREA
     )
     text = " ".join(segment.text.strip() for segment in segments).strip()
     return Transcript(text=text, audio_s=samples.size / sr, asr_s=time.perf_counter() - start)
+
+
+def transcribe_words(
+    audio: np.ndarray, sr: int, *, threads: int = DEFAULT_THREADS
+) -> list[AsrWord]:
+    """The words Whisper hears with its own word timestamps (cross-attention alignment,
+    faster-whisper's `word_timestamps=True`), decoded as `transcribe` decodes."""
+    samples = as_mono_float32(audio, "audio to transcribe")
+    sr = check_rate(sr)
+    if samples.size == 0:
+        raise UserInputError("The audio to transcribe is empty.")
+    model = load_model(threads=threads)
+    pcm16k = resample(samples, sr, ASR_SAMPLE_RATE)
+    segments, _info = model.transcribe(
+        pcm16k,
+        language="en",
+        task="transcribe",
+        beam_size=BEAM_SIZE,
+        best_of=1,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        vad_filter=False,
+        word_timestamps=True,
+    )
+    return [
+        AsrWord(w.word.strip(), float(w.start), float(w.end))
+        for segment in segments
+        for w in (segment.words or [])
+        if w.word.strip()
+    ]

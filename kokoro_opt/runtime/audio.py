@@ -61,17 +61,49 @@ def trim_silence(
     audio with no frame above the threshold is returned unchanged.
     """
     audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+    start, end = silence_bounds(
+        audio,
+        sample_rate,
+        max_lead_s=max_lead_s,
+        max_tail_s=max_tail_s,
+        threshold=threshold,
+        frame_s=frame_s,
+    )
+    return audio[start:end]
+
+
+def silence_bounds(
+    samples: np.ndarray,
+    sample_rate: int,
+    *,
+    max_lead_s: float = 0.05,
+    max_tail_s: float = 0.3,
+    threshold: float = 1e-3,
+    frame_s: float = 0.01,
+) -> tuple[int, int]:
+    """The [start, end) sample range `trim_silence` keeps (the whole audio when it is silent)."""
+    audio = np.asarray(samples, dtype=np.float32).reshape(-1)
     frame = max(1, int(frame_s * sample_rate))
     n_frames = len(audio) // frame
     if n_frames == 0:
-        return audio
+        return 0, len(audio)
     frames = audio[: n_frames * frame].astype(np.float64).reshape(n_frames, frame)
     loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) >= threshold)
     if loud.size == 0:
-        return audio
+        return 0, len(audio)
     start = max(0, int(loud[0]) * frame - int(max_lead_s * sample_rate))
     end = min(len(audio), (int(loud[-1]) + 1) * frame + int(max_tail_s * sample_rate))
-    return audio[start:end]
+    return start, end
+
+
+def speech_span(samples: np.ndarray, *, threshold: float = 1e-3) -> tuple[int, int] | None:
+    """[first, last + 1) of the samples whose magnitude reaches `threshold` (-60 dBFS), or None
+    when there are none. Pauses are measured and cut with this, sample-exact."""
+    audio = np.asarray(samples).reshape(-1)
+    loud = np.flatnonzero(np.abs(np.nan_to_num(audio)) >= threshold)
+    if loud.size == 0:
+        return None
+    return int(loud[0]), int(loud[-1]) + 1
 
 
 def tail_report(samples: np.ndarray, sample_rate: int, window_s: float = 0.1) -> dict[str, float]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kokoro_opt.errors import ModelFormatError, UserInputError
+from kokoro_opt.graph.durations import DURATION_NAMES
 
 if TYPE_CHECKING:
     import onnx
@@ -60,6 +61,7 @@ class ModelContract:
     speed_dtype: str
     audio: str
     outputs: tuple[str, ...]
+    durations: str | None = None
 
     @property
     def integer_speed(self) -> bool:
@@ -119,6 +121,7 @@ class ModelContract:
             speed_dtype=in_types[speed],
             audio=audio,
             outputs=tuple(n for n, _ in outputs),
+            durations=next((n for n in DURATION_NAMES if n in out_types), None),
         )
 
     @classmethod

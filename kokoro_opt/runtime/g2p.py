@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from kokoro_opt.errors import LanguageError, TextError
+from kokoro_opt.runtime.timestamps import PhonemeWord, phoneme_words
 from kokoro_opt.runtime.tokenizer import filter_phonemes
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class G2P(Protocol):
     lang: str
 
     def phonemize(self, text: str) -> str: ...
+
+    def phonemize_words(self, text: str) -> tuple[str, list[PhonemeWord]]: ...
 
 
 def normalize_lang(code: str) -> str:
@@ -211,9 +214,14 @@ class MisakiEnglishG2P:
         self._lock = threading.Lock()
 
     def phonemize(self, text: str) -> str:
+        return self.phonemize_words(text)[0]
+
+    def phonemize_words(self, text: str) -> tuple[str, list[PhonemeWord]]:
+        """Phonemes and each word's span in them (from misaki's tokens). Inline pronunciations
+        in misaki's syntax, `[Kokoro](/kˈOkəɹO/)`, are honoured by misaki itself."""
         with self._lock, _g2p_errors(self.lang, text):
-            phonemes, _tokens = self._g2p(text)
-        return filter_phonemes(phonemes)
+            _joined, tokens = self._g2p(text)
+        return phoneme_words(tokens)
 
 
 class EspeakG2P:
@@ -229,14 +237,71 @@ class EspeakG2P:
         self._warned = False
 
     def phonemize(self, text: str) -> str:
+        return self.phonemize_words(text)[0]
+
+    def phonemize_words(self, text: str) -> tuple[str, list[PhonemeWord]]:
+        """Phonemes and word spans: text runs are phonemized by espeak-ng, inline pronunciations
+        (`[word](/phonemes/)`) are used as given. Words are matched to espeak's space-separated
+        phoneme words when their counts agree; otherwise a run is one timed span."""
         if self.lang == "ja" and not self._warned and _KANJI.search(text):
             self._warned = True
             logger.warning(
                 "espeak-ng reads kanji as Chinese; write Japanese in kana for a proper reading"
             )
-        with self._lock, _g2p_errors(self.lang, text):
-            phonemes, _ = self._g2p(text)
-        return filter_phonemes(phonemes)
+        parts: list[str] = []
+        words: list[PhonemeWord] = []
+        for run, given in split_pronunciations(text):
+            if given is None:
+                if not run.strip():
+                    continue
+                with self._lock, _g2p_errors(self.lang, run):
+                    phonemes, _ = self._g2p(run)
+                phonemes = filter_phonemes(phonemes)
+            else:
+                phonemes = filter_phonemes(given)
+            if not phonemes:
+                continue
+            base = len(" ".join(parts)) + (1 if parts else 0)
+            words.extend(_match_words(run, phonemes, base))
+            parts.append(phonemes)
+        return " ".join(parts), words
+
+
+_WORD_EDGES = ".,;:!?\"'()“”‘’…¿¡—«»"
+# misaki's inline pronunciation syntax: [word](/phonemes/)
+PRONUNCIATION = re.compile(r"\[([^\]\[]+)\]\(/([^/)]*)/\)")
+
+
+def split_pronunciations(text: str) -> list[tuple[str, str | None]]:
+    """(text, None) runs and (word, phonemes) for each inline `[word](/phonemes/)`, in order."""
+    out: list[tuple[str, str | None]] = []
+    pos = 0
+    for m in PRONUNCIATION.finditer(text):
+        if m.start() > pos:
+            out.append((text[pos : m.start()], None))
+        out.append((m.group(1), m.group(2)))
+        pos = m.end()
+    if pos < len(text):
+        out.append((text[pos:], None))
+    return out
+
+
+def _match_words(text: str, phonemes: str, base: int) -> list[PhonemeWord]:
+    """Word spans for one espeak run: word i <-> phoneme word i when the counts agree."""
+    words = [w for w in (w.strip(_WORD_EDGES) for w in text.split()) if w]
+    if not words:
+        return []
+    pieces = phonemes.split(" ")
+    if len(pieces) != len(words):
+        return [PhonemeWord(" ".join(words), base, base + len(phonemes))]
+    out: list[PhonemeWord] = []
+    at = base
+    for word, piece in zip(words, pieces, strict=True):
+        core = piece.strip(_WORD_EDGES)
+        lead = len(piece) - len(piece.lstrip(_WORD_EDGES))
+        out.append(PhonemeWord(word, at + lead, at + lead + len(core)))
+        at += len(piece) + 1
+    return out
 
 
 @contextlib.contextmanager

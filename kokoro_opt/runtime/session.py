@@ -116,8 +116,10 @@ def create_session(
     provider: str = "cpu",
     threads: int | None = None,
     allow_spinning: bool = False,
+    model_bytes: bytes | None = None,
 ) -> ort.InferenceSession:
-    """An InferenceSession for `model_path` on `provider` with `threads` intra-op threads.
+    """An InferenceSession for `model_path` on `provider` with `threads` intra-op threads
+    (`model_bytes`: a serialized model to load instead of the file, named by `model_path`).
 
     Raises ModelNotFoundError (no such file), ModelFormatError (not a loadable ONNX model),
     ProviderUnavailableError (provider missing from this build or failing to start).
@@ -134,7 +136,10 @@ def create_session(
     options: list[dict[str, Any]] = [opt for _, opt in chain]
     try:
         session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=names, provider_options=options
+            model_bytes if model_bytes is not None else str(path),
+            sess_options=opts,
+            providers=names,
+            provider_options=options,
         )
     except Exception as exc:  # ORT raises its own pybind exception types, all Exception
         raise ModelFormatError(

@@ -19,16 +19,25 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from kokoro_opt.errors import TextError, UserInputError
-from kokoro_opt.runtime.audio import trim_silence
+from kokoro_opt.errors import ModelFormatError, TextError, UserInputError
+from kokoro_opt.runtime.audio import silence_bounds, speech_span, trim_silence
 from kokoro_opt.runtime.contract import ModelContract
 from kokoro_opt.runtime.g2p import G2P, get_g2p, normalize_lang
+from kokoro_opt.runtime.markup import Lexicon, Pause, parse_markup, plan
 from kokoro_opt.runtime.segment import SegmentPolicy, is_speakable, segment_text
 from kokoro_opt.runtime.session import create_session
+from kokoro_opt.runtime.timestamps import (
+    PhonemeWord,
+    WordTiming,
+    locate_pieces,
+    shift,
+    word_timings,
+    words_in,
+)
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, PAD_ID, split_phonemes, tokenize, vocab
 from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 
@@ -45,6 +54,10 @@ MAX_SPEED = 2.0
 # near-silence, so this removes nothing audible; it guarantees that chunks joined by a player
 # (or the end of the stream) never step from a non-zero sample to silence, which is a click.
 EDGE_RAMP_S = 0.004
+# At a pause, speech is cut this long after its last (before its first) sample at -60 dBFS, and
+# the pause's silence is shortened by the same amount, so the silence between the words is the
+# pause exactly; the edge ramps fall inside this margin.
+PAUSE_EDGE_S = EDGE_RAMP_S
 
 
 @functools.cache
@@ -58,10 +71,13 @@ def _silent_ids() -> frozenset[int]:
 class AudioChunk:
     """Audio for one segment of the text.
 
-    `seq` counts chunks from 0; `segment` is the index of the text segment it belongs to (a
-    segment whose phonemes exceed the model's limit yields several chunks). `timings` holds
+    `seq` counts chunks from 0; `segment` is the index of the step of the plan it belongs to
+    (`Synthesizer.plan`: segments and pauses; a segment whose phonemes exceed the model's limit
+    yields several chunks). `timings` holds
     `g2p_ms`, `infer_ms` and `audio_s`. `nonfinite` counts NaN/inf samples the model produced
-    (replaced by 0; a healthy model gives 0).
+    (replaced by 0; a healthy model gives 0). `words` are the chunk's word timings in seconds
+    from its first sample (only from a synthesizer made with `timestamps=True`; a pause chunk,
+    with empty text, has none).
     """
 
     seq: int
@@ -73,6 +89,7 @@ class AudioChunk:
     segment: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     nonfinite: int = 0
+    words: tuple[WordTiming, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -87,6 +104,13 @@ class Synthesizer:
     0.4-0.6 s after, which would otherwise put a one-second hole between segments and delay the
     first audible sample), NaN/inf set to 0, clipped to [-1, 1], with 4 ms edge ramps.
     `infer` returns the raw model output.
+
+    Text may hold markup (`runtime.markup`: `[pause:0.5s]`, `<break time="300ms"/>`,
+    `[word](/phonemes/)`); a pause is exact silence between the speech around it.
+    `timestamps=True` gives chunks their word timings (`AudioChunk.words`, `synthesize_timed`):
+    the model's per-token durations are read from its duration output, added in memory by
+    `graph.durations` when the model has none (ModelFormatError when its graph has no duration
+    predictor; `"auto"` then goes on without timestamps).
     """
 
     def __init__(
@@ -100,13 +124,29 @@ class Synthesizer:
         segment_policy: SegmentPolicy | None = None,
         trim: bool = True,
         allow_spinning: bool = False,
+        session: ort.InferenceSession | None = None,
+        timestamps: bool | Literal["auto"] = False,
     ) -> None:
         self.model_path = Path(model)
         self.voices = VoiceLibrary.from_spec(voices)
-        self.session: ort.InferenceSession = create_session(
-            self.model_path, provider=provider, threads=threads, allow_spinning=allow_spinning
-        )
+        # `session`: an existing ORT session of `model` (provider and threads are then its own).
+        if session is None:
+            session = create_session(
+                self.model_path,
+                provider=provider,
+                threads=threads,
+                allow_spinning=allow_spinning,
+                model_bytes=(
+                    _with_durations(self.model_path, required=timestamps is True)
+                    if timestamps
+                    else None
+                ),
+            )
+        self.session: ort.InferenceSession = session
         self.contract = ModelContract.from_session(self.session)
+        # Word timings need the model's durations (added in memory by `timestamps=True` when the
+        # model has no such output; a given `session` must already have one).
+        self.timestamps = bool(timestamps) and self.contract.durations is not None
         self.providers: list[str] = list(self.session.get_providers())
         self.max_chars = max_chars
         self.segment_policy = segment_policy or SegmentPolicy()
@@ -116,6 +156,13 @@ class Synthesizer:
 
     def infer(self, tokens: list[int], style: np.ndarray, speed: float) -> np.ndarray:
         """Raw model audio (float32, 1-D) for token ids without pads; pads 0 at both ends."""
+        return self.infer_timed(tokens, style, speed)[0]
+
+    def infer_timed(
+        self, tokens: list[int], style: np.ndarray, speed: float
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw model audio and the per-token durations in frames (pads included; None when the
+        synthesizer was made without timestamps)."""
         if not tokens:
             raise TextError("No phonemes to synthesize: give text with words in it.")
         if len(tokens) > MAX_PHONEMES:
@@ -124,19 +171,50 @@ class Synthesizer:
                 "Split the input (split_phonemes does this)."
             )
         feeds = self.contract.feeds([PAD_ID, *tokens, PAD_ID], style, speed)
-        (audio,) = self.session.run([self.contract.audio], feeds)
-        return np.asarray(audio, dtype=np.float32).reshape(-1)
+        names = [self.contract.audio]
+        if self.timestamps and self.contract.durations is not None:
+            names.append(self.contract.durations)
+        outputs = self.session.run(names, feeds)
+        audio = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+        if len(outputs) == 1:
+            return audio, None
+        durations = np.asarray(outputs[1]).reshape(-1)[: len(tokens) + 2]
+        return audio, durations
 
     def phonemize(
-        self, text: str, lang: str = "en-us", *, first_segment_fast: bool = True
+        self,
+        text: str,
+        lang: str = "en-us",
+        *,
+        first_segment_fast: bool = True,
+        lexicon: Lexicon | None = None,
+        ssml: str = "strict",
     ) -> list[str]:
-        """Phoneme strings, one per model call of `stream` (segments split at the 510 limit)."""
+        """Phoneme strings, one per model call of `stream` (segments split at the 510 limit;
+        pauses make no call)."""
         check_text(text, self.max_chars)
-        g2p = get_g2p(lang)
-        segments = segment_text(
-            text, first_segment_fast=first_segment_fast, policy=self.segment_policy
+        steps = self.plan(text, first_segment_fast=first_segment_fast, lexicon=lexicon, ssml=ssml)
+        return [p.phonemes for p in self._pieces(steps, get_g2p(lang)) if isinstance(p, _Piece)]
+
+    def plan(
+        self,
+        text: str,
+        *,
+        first_segment_fast: bool = True,
+        segment_policy: SegmentPolicy | None = None,
+        lexicon: Lexicon | None = None,
+        ssml: str = "strict",
+    ) -> list[str | Pause]:
+        """The text's markup parsed (`runtime.markup`) and its speech cut into segments: the
+        segments and pauses `stream` renders, in order."""
+        policy = segment_policy or self.segment_policy
+        items = parse_markup(text, lexicon=lexicon, ssml=ssml)
+        return plan(
+            items,
+            lambda chunk, first: segment_text(
+                chunk, first_segment_fast=first_segment_fast and first, policy=policy
+            ),
         )
-        return [p for _, _, p in self._pieces(segments, g2p)]
 
     # -- synthesis -------------------------------------------------------------------------
 
@@ -149,29 +227,61 @@ class Synthesizer:
         lang: str = "en-us",
         first_segment_fast: bool = True,
         segment_policy: SegmentPolicy | None = None,
+        lexicon: Lexicon | None = None,
+        ssml: str = "strict",
     ) -> Iterator[AudioChunk]:
-        """Validate everything now, then return a generator of AudioChunk, one per segment,
-        the last with `is_last=True`. `segment_policy` overrides the synthesizer's for this
-        call. Closing the generator (or dropping it) stops the work."""
+        """Validate everything now, then return a generator of AudioChunk, one per segment or
+        pause, the last with `is_last=True`. `segment_policy` overrides the synthesizer's for
+        this call; markup (pauses, SSML breaks, pronunciations) is read with `ssml` rules and
+        `lexicon` applies to every word. Closing the generator (or dropping it) stops the
+        work."""
         check_text(text, self.max_chars)
         speed = check_speed(speed)
         pack = self.voices.get(voice)
         g2p = get_g2p(normalize_lang(lang))
-        segments = segment_text(
+        steps = self.plan(
             text,
             first_segment_fast=first_segment_fast,
-            policy=segment_policy or self.segment_policy,
+            segment_policy=segment_policy,
+            lexicon=lexicon,
+            ssml=ssml,
         )
-        if not segments:
+        if not any(isinstance(step, str) for step in steps):
             raise TextError("Nothing speakable in the text: give words, not only punctuation.")
-        return self._generate(segments, g2p, pack, speed)
+        return self._generate(steps, g2p, pack, speed)
 
     def synthesize(
-        self, text: str, *, voice: str, speed: float = 1.0, lang: str = "en-us"
+        self,
+        text: str,
+        *,
+        voice: str,
+        speed: float = 1.0,
+        lang: str = "en-us",
+        lexicon: Lexicon | None = None,
+        ssml: str = "strict",
     ) -> tuple[np.ndarray, int]:
         """The whole text as one float32 array in [-1, 1] and the sample rate (24000)."""
-        chunks = [c.samples for c in self.stream(text, voice=voice, speed=speed, lang=lang)]
-        return np.concatenate(chunks).astype(np.float32, copy=False), SAMPLE_RATE
+        audio, rate, _ = self._whole(text, voice, speed, lang, lexicon, ssml)
+        return audio, rate
+
+    def synthesize_timed(
+        self,
+        text: str,
+        *,
+        voice: str,
+        speed: float = 1.0,
+        lang: str = "en-us",
+        lexicon: Lexicon | None = None,
+        ssml: str = "strict",
+    ) -> tuple[np.ndarray, int, list[WordTiming]]:
+        """`synthesize` plus the words with their times in seconds of the returned audio.
+        Needs a synthesizer made with `timestamps=True`."""
+        if not self.timestamps:
+            raise UserInputError(
+                "Word timestamps need a synthesizer made with timestamps=True "
+                "(its model then gets a durations output)."
+            )
+        return self._whole(text, voice, speed, lang, lexicon, ssml)
 
     def warmup(self, *, voice: str | None = None, lang: str = "en-us") -> float:
         """Build the G2P for `lang` and run the model once; returns the seconds it took."""
@@ -183,58 +293,176 @@ class Synthesizer:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _pieces(self, segments: list[str], g2p: G2P) -> Iterator[tuple[int, str, str]]:
-        """(segment index, segment text, phonemes) per model call; unspeakable ones skipped."""
-        for index, segment in enumerate(segments):
-            phonemes = g2p.phonemize(segment)
-            for piece in split_phonemes(phonemes, MAX_PHONEMES):
+    def _whole(
+        self,
+        text: str,
+        voice: str,
+        speed: float,
+        lang: str,
+        lexicon: Lexicon | None,
+        ssml: str,
+    ) -> tuple[np.ndarray, int, list[WordTiming]]:
+        parts: list[np.ndarray] = []
+        words: list[WordTiming] = []
+        offset = 0
+        for chunk in self.stream(
+            text, voice=voice, speed=speed, lang=lang, lexicon=lexicon, ssml=ssml
+        ):
+            words.extend(shift(chunk.words, offset / SAMPLE_RATE))
+            parts.append(chunk.samples)
+            offset += len(chunk.samples)
+        audio = np.concatenate(parts).astype(np.float32, copy=False)
+        return audio, SAMPLE_RATE, words
+
+    def _pieces(self, steps: list[str | Pause], g2p: G2P) -> Iterator[_Piece | _Gap]:
+        """One _Piece per model call and the pauses between them; unspeakable ones skipped."""
+        for index, step in enumerate(steps):
+            if isinstance(step, Pause):
+                yield _Gap(index, step.seconds)
+                continue
+            phonemes, words = g2p.phonemize_words(step)
+            pieces = split_phonemes(phonemes, MAX_PHONEMES)
+            offsets = locate_pieces(phonemes, pieces)
+            for piece, offset in zip(pieces, offsets, strict=True):
                 if any(t not in _silent_ids() for t in tokenize(piece)):
-                    yield index, segment, piece
+                    yield _Piece(index, step, piece, words_in(words, offset, len(piece)))
                 else:
-                    logger.debug("skipping segment without phonemes: %r", segment)
+                    logger.debug("skipping segment without phonemes: %r", step)
 
     def _generate(
-        self, segments: list[str], g2p: G2P, pack: np.ndarray, speed: float
+        self, steps: list[str | Pause], g2p: G2P, pack: np.ndarray, speed: float
     ) -> Iterator[AudioChunk]:
-        pieces = self._pieces(segments, g2p)
+        pieces = self._pieces(steps, g2p)
         seq = 0
         start = time.perf_counter()
         current = next(pieces, None)
         g2p_ms = (time.perf_counter() - start) * 1e3
         if current is None:
             raise TextError("Nothing speakable in the text: the G2P produced no phonemes.")
+        after_pause = False
+        spoke = False
         while current is not None:
-            index, segment, phonemes = current
-            tokens = tokenize(phonemes)
-            t0 = time.perf_counter()
-            raw = self.infer(tokens, style_for(pack, len(tokens)), speed)
-            infer_ms = (time.perf_counter() - t0) * 1e3
-            samples, nonfinite = finish_audio(raw, trim=self.trim)
-            if nonfinite:
-                logger.warning(
-                    "model produced %d NaN/inf samples for %r; replaced by 0", nonfinite, segment
-                )
-            # Look one piece ahead (G2P only, a few ms) so the last chunk is marked as such.
+            # Look one piece ahead (G2P only, a few ms) so the last chunk is marked as such and a
+            # piece before a pause is cut tight.
             t1 = time.perf_counter()
             upcoming = next(pieces, None)
             next_g2p_ms = (time.perf_counter() - t1) * 1e3
-            yield AudioChunk(
-                seq=seq,
-                samples=samples,
-                sample_rate=SAMPLE_RATE,
-                text=segment,
-                phonemes=phonemes,
-                is_last=upcoming is None,
-                segment=index,
-                timings={
-                    "g2p_ms": g2p_ms,
-                    "infer_ms": infer_ms,
-                    "audio_s": len(samples) / SAMPLE_RATE,
-                },
-                nonfinite=nonfinite,
-            )
+            if isinstance(current, _Gap):
+                edges = PAUSE_EDGE_S * (spoke + isinstance(upcoming, _Piece))
+                n = max(0, round((current.seconds - edges) * SAMPLE_RATE))
+                yield AudioChunk(
+                    seq=seq,
+                    samples=np.zeros(n, np.float32),
+                    sample_rate=SAMPLE_RATE,
+                    text="",
+                    phonemes="",
+                    is_last=upcoming is None,
+                    segment=current.index,
+                    timings={"g2p_ms": 0.0, "infer_ms": 0.0, "audio_s": n / SAMPLE_RATE},
+                )
+                after_pause = True
+            else:
+                tokens = tokenize(current.phonemes)
+                t0 = time.perf_counter()
+                raw, durations = self.infer_timed(tokens, style_for(pack, len(tokens)), speed)
+                infer_ms = (time.perf_counter() - t0) * 1e3
+                lo, hi = self._keep(raw, after_pause, isinstance(upcoming, _Gap))
+                samples, nonfinite = guard_audio(raw[lo:hi])
+                if nonfinite:
+                    logger.warning(
+                        "model produced %d NaN/inf samples for %r; replaced by 0",
+                        nonfinite,
+                        current.text,
+                    )
+                words: list[WordTiming] = []
+                if durations is not None:
+                    words = word_timings(
+                        current.words,
+                        durations,
+                        raw_samples=len(raw),
+                        sample_rate=SAMPLE_RATE,
+                        lead_cut=lo,
+                        kept_samples=hi - lo,
+                        phonemes=current.phonemes,
+                    )
+                yield AudioChunk(
+                    seq=seq,
+                    samples=samples,
+                    sample_rate=SAMPLE_RATE,
+                    text=current.text,
+                    phonemes=current.phonemes,
+                    is_last=upcoming is None,
+                    segment=current.index,
+                    timings={
+                        "g2p_ms": g2p_ms,
+                        "infer_ms": infer_ms,
+                        "audio_s": len(samples) / SAMPLE_RATE,
+                    },
+                    nonfinite=nonfinite,
+                    words=tuple(words),
+                )
+                after_pause = False
+                spoke = True
             seq += 1
             current, g2p_ms = upcoming, next_g2p_ms
+
+    def _keep(self, raw: np.ndarray, after_pause: bool, before_pause: bool) -> tuple[int, int]:
+        """The sample range of a model call's audio to keep: padding silence shortened
+        (`trim`), and cut tight on a side that meets a pause."""
+        lo, hi = silence_bounds(raw, SAMPLE_RATE) if self.trim else (0, len(raw))
+        span = speech_span(raw) if (after_pause or before_pause) else None
+        if span is not None:
+            edge = round(PAUSE_EDGE_S * SAMPLE_RATE)
+            if after_pause:
+                lo = max(0, span[0] - edge)
+            if before_pause:
+                hi = min(len(raw), span[1] + edge)
+        return lo, hi
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One model call: the segment it comes from, its phonemes and their words."""
+
+    index: int
+    text: str
+    phonemes: str
+    words: list[PhonemeWord]
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """A pause: `seconds` of silence between the words around it (step `index` of the plan)."""
+
+    index: int
+    seconds: float
+
+
+def _with_durations(path: Path, *, required: bool) -> bytes | None:
+    """The model serialized with a `durations` output added (`graph.durations`), or None when
+    it already has one (or is not a file: create_session reports that). A graph without a
+    duration predictor is a ModelFormatError when `required`, else None (no timestamps)."""
+    import onnx
+
+    from kokoro_opt.graph.durations import add_durations_output, duration_output
+
+    if not path.is_file():
+        return None
+    header = onnx.load(str(path), load_external_data=False)
+    if duration_output(header) is not None:
+        return None
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and others on a corrupt file
+        raise ModelFormatError(f"Cannot read model {path}: {exc}.") from None
+    try:
+        timed, _source = add_durations_output(model)
+    except ModelFormatError:
+        if required:
+            raise
+        logger.info("%s has no duration predictor: no word timestamps", path.name)
+        return None
+    return timed.SerializeToString()
 
 
 def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:

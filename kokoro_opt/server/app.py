@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
 import logging
@@ -31,8 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kokoro_opt import __version__
-from kokoro_opt.errors import KokoroOptError
+from kokoro_opt.errors import KokoroOptError, TextError
 from kokoro_opt.runtime.g2p import normalize_lang
+from kokoro_opt.runtime.markup import Speech, parse_markup
 from kokoro_opt.runtime.synthesizer import MAX_SPEED, MIN_SPEED, SAMPLE_RATE, check_text
 from kokoro_opt.server.cache import PrimerCache
 from kokoro_opt.server.encoding import CONTENT_TYPES, UNSUPPORTED_KNOWN, supported_formats
@@ -197,7 +199,29 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
 
     @app.post("/v1/audio/speech")
     async def speech(body: SpeechRequest, request: Request) -> Response:
-        job = _build_job(body, state)
+        return await _speak(_build_job(body, state), request)
+
+    @app.post("/v1/audio/speech/timestamps")
+    async def speech_timestamps(body: SpeechRequest, request: Request) -> Response:
+        """The whole audio file (base64, `response_format`) and its words with their times."""
+        if not engine.timestamps:
+            raise APIError(
+                501,
+                f"Word timestamps are not available: the model {engine.model_id} has no duration "
+                "predictor this server could expose.",
+                type="invalid_request_error",
+                code="timestamps_unavailable",
+            )
+        job = _build_job(body.model_copy(update={"stream": False}), state)
+        if job.stream_format != "audio":
+            raise bad_request(
+                "The timestamps endpoint answers with one JSON body: leave stream_format out.",
+                code="invalid_value",
+                param="stream_format",
+            )
+        return await _speak(dataclasses.replace(job, timestamps_json=True), request)
+
+    async def _speak(job: SpeechJob, request: Request) -> Response:
         if state.draining or not state.ready:
             raise APIError(
                 503,
@@ -336,9 +360,12 @@ class _Run:
                 self.error = _as_api_error(exc)
                 raise self.error from None
             self.completed = True
+            job = self.pipeline.job
             return Response(
                 b"".join(parts),
-                media_type=CONTENT_TYPES[self.pipeline.job.response_format],
+                media_type="application/json"
+                if job.timestamps_json
+                else CONTENT_TYPES[job.response_format],
                 headers={"X-Sample-Rate": str(SAMPLE_RATE)},
             )
         finally:
@@ -497,6 +524,9 @@ def _build_job(body: SpeechRequest, state: ServerState) -> SpeechJob:
         )
     try:
         check_text(body.input, settings.max_chars)
+        items = tuple(parse_markup(body.input, lexicon=settings.lexicon, ssml=settings.ssml))
+        if not any(isinstance(i, Speech) for i in items):
+            raise TextError("Nothing speakable in the text: give words, not only pauses.")
         lang = normalize_lang(body.lang or settings.default_lang)
         pack = engine.voices.get(body.voice)
         engine.contract.feeds([0], pack[0], speed)  # an integer-speed model rejects 1.5 here
@@ -512,6 +542,8 @@ def _build_job(body: SpeechRequest, state: ServerState) -> SpeechJob:
         stream_format=stream_format,
         stream=body.stream,
         arrived=arrived,
+        items=items,
+        words=engine.timestamps,
     )
 
 

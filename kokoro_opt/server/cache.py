@@ -1,6 +1,7 @@
 """A small LRU cache of recently synthesized first segments (the "primer micro-cache").
 
-Keyed by (segment text, voice, speed, language, model); values are read-only float32 arrays.
+Keyed by (segment text, voice, speed, language, model); values are read-only float32 arrays
+with the segment's word timings (seconds of those samples; empty without timestamps).
 Repeated openings ("Hello!", "Sure,", a fixed greeting) then stream their first audio without
 touching the model. Thread-safe; counts hits and misses for /status.
 """
@@ -21,7 +22,7 @@ class PrimerCache:
 
     def __init__(self, max_entries: int = 64) -> None:
         self.max_entries = max_entries
-        self._items: OrderedDict[CacheKey, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[CacheKey, tuple[np.ndarray, tuple[Any, ...]]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -31,22 +32,27 @@ class PrimerCache:
         return (text, voice, round(float(speed), 4), lang, model)
 
     def get(self, key: CacheKey) -> np.ndarray | None:
+        hit = self.lookup(key)
+        return None if hit is None else hit[0]
+
+    def lookup(self, key: CacheKey) -> tuple[np.ndarray, tuple[Any, ...]] | None:
+        """(samples, word timings) of a cached segment, or None (counted as hit or miss)."""
         with self._lock:
-            samples = self._items.get(key)
-            if samples is None:
+            entry = self._items.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-            return samples
+            return entry
 
-    def put(self, key: CacheKey, samples: np.ndarray) -> None:
+    def put(self, key: CacheKey, samples: np.ndarray, words: tuple[Any, ...] = ()) -> None:
         if self.max_entries <= 0:
             return
         stored = np.array(samples, dtype=np.float32, copy=True)
         stored.setflags(write=False)
         with self._lock:
-            self._items[key] = stored
+            self._items[key] = (stored, tuple(words))
             self._items.move_to_end(key)
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)
@@ -60,5 +66,5 @@ class PrimerCache:
                 "hits": self.hits,
                 "misses": self.misses,
                 "hit_rate": round(self.hits / total, 4) if total else None,
-                "bytes": int(sum(a.nbytes for a in self._items.values())),
+                "bytes": int(sum(a.nbytes for a, _ in self._items.values())),
             }

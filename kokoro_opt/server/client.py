@@ -46,6 +46,13 @@ class StreamResult:
     def float_samples(self) -> np.ndarray:
         return self.samples.astype(np.float32) / 32767.0
 
+    @property
+    def words(self) -> list[dict[str, Any]]:
+        """The chunks' word timestamps in order (seconds of the stream); empty without them."""
+        chunks = [r for r in self.records if r.get("type") in ("chunk", "speech.audio.delta")]
+        chunks.sort(key=lambda r: int(r["seq"]))
+        return [w for r in chunks for w in r.get("words", [])]
+
 
 def parse_records(lines: Iterable[str | bytes]) -> list[dict[str, Any]]:
     """JSON records from ndjson lines or SSE lines (`data: {...}`); blank lines, SSE comments

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.runtime.g2p import get_g2p
@@ -56,6 +56,8 @@ class Engine:
         self.model_sha256 = model_sha256
         self.threads = threads
         self.contract = synths[0].contract
+        # Word timings in records and /v1/audio/speech/timestamps: every session has durations.
+        self.timestamps = all(s.timestamps for s in synths)
         self.text_executor: ThreadPoolExecutor | None = None
         self.infer_executor: ThreadPoolExecutor | None = None
         self.encode_executor: ThreadPoolExecutor | None = None
@@ -72,12 +74,15 @@ class Engine:
         threads: int | None = None,
         voices: VoiceLibrary | str | Path | None = None,
         model_id: str | None = None,
+        timestamps: bool | Literal["auto"] = "auto",
     ) -> Engine:
         """Load `sessions` inference sessions of `model`. `providers` are given to sessions in
         turn (`["cuda", "cpu"]` with 2 sessions: one of each; the first listed is preferred).
         `threads` is per session; by default the CPU cores are split between the sessions.
-        A cached model is verified against its sidecar first (`IntegrityError` when its bytes
-        changed); the sha256 of any model is kept for /status."""
+        `timestamps`: give the sessions the model's durations for word timings ("auto": when
+        the graph has a duration predictor; True: required). A cached model is verified against
+        its sidecar first (`IntegrityError` when its bytes changed); the sha256 of any model is
+        kept for /status."""
         if isinstance(sessions, bool) or sessions < 1:
             raise UserInputError(f"sessions must be a whole number of at least 1, got {sessions}.")
         if not providers:
@@ -89,7 +94,11 @@ class Engine:
         library = VoiceLibrary.from_spec(voices)
         synths = [
             Synthesizer(
-                path, voices=library, provider=providers[i % len(providers)], threads=threads
+                path,
+                voices=library,
+                provider=providers[i % len(providers)],
+                threads=threads,
+                timestamps=timestamps,
             )
             for i in range(sessions)
         ]

@@ -47,17 +47,26 @@ def trim_to_pauses(
     """`samples` with leading silence cut to `lead_s` and trailing silence to `trail_s` (never
     longer than they were), edges ramped again so the cut cannot click."""
     audio = np.asarray(samples, dtype=np.float32).reshape(-1)
-    window = max(1, int(WINDOW_S * sample_rate))
-    n = len(audio) // window
-    if n == 0:
-        return audio
-    frames = audio[: n * window].reshape(n, window).astype(np.float64)
-    loud = np.nonzero(np.sqrt(np.mean(frames**2, axis=1)) > SILENCE)[0]
-    if loud.size == 0:
-        return audio
-    start = max(0, loud[0] * window - int(lead_s * sample_rate))
-    end = min(len(audio), (loud[-1] + 1) * window + int(trail_s * sample_rate))
+    start, end = trim_bounds(audio, sample_rate, lead_s=lead_s, trail_s=trail_s)
     if start == 0 and end == len(audio):
         return audio
     trimmed, _ = guard_audio(audio[start:end], sample_rate)
     return trimmed
+
+
+def trim_bounds(
+    samples: np.ndarray, sample_rate: int, *, lead_s: float, trail_s: float
+) -> tuple[int, int]:
+    """The [start, end) range `trim_to_pauses` keeps (all of it for silent audio)."""
+    audio = np.asarray(samples, dtype=np.float32).reshape(-1)
+    window = max(1, int(WINDOW_S * sample_rate))
+    n = len(audio) // window
+    if n == 0:
+        return 0, len(audio)
+    frames = audio[: n * window].reshape(n, window).astype(np.float64)
+    loud = np.nonzero(np.sqrt(np.mean(frames**2, axis=1)) > SILENCE)[0]
+    if loud.size == 0:
+        return 0, len(audio)
+    start = max(0, int(loud[0]) * window - int(lead_s * sample_rate))
+    end = min(len(audio), (int(loud[-1]) + 1) * window + int(trail_s * sample_rate))
+    return start, end

@@ -22,15 +22,24 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kokoro_opt.runtime.audio import to_pcm16
+from kokoro_opt.runtime.audio import speech_span, to_pcm16
 from kokoro_opt.runtime.g2p import get_g2p
-from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, guard_audio
+from kokoro_opt.runtime.markup import Item, Pause, Speech, plan
+from kokoro_opt.runtime.synthesizer import PAUSE_EDGE_S, SAMPLE_RATE, Synthesizer, guard_audio
+from kokoro_opt.runtime.timestamps import (
+    PhonemeWord,
+    WordTiming,
+    clip,
+    locate_pieces,
+    word_timings,
+    words_in,
+)
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, split_phonemes, tokenize, vocab
 from kokoro_opt.runtime.voices import style_for
 from kokoro_opt.server.cache import CacheKey, PrimerCache
@@ -42,7 +51,7 @@ from kokoro_opt.server.joins import (
     LEAD_S,
     TRAIL_SENTENCE_S,
     pause_after,
-    trim_to_pauses,
+    trim_bounds,
 )
 from kokoro_opt.server.segments import plan_segments
 from kokoro_opt.server.telemetry import Telemetry
@@ -84,6 +93,9 @@ class SpeechJob:
     stream_format: str  # audio, ndjson, sse
     stream: bool  # False: one complete file at the end
     arrived: float  # time.perf_counter() when the request came in
+    items: tuple[Item, ...] = ()  # the text's markup parsed (runtime.markup); () = plain text
+    words: bool = False  # records carry word timestamps (the engine's model has durations)
+    timestamps_json: bool = False  # one JSON body: base64 audio file plus words
 
 
 @dataclass
@@ -96,6 +108,12 @@ class _Piece:
     first: bool = False  # the first piece of the stream
     last: bool = False  # the last piece of the stream
     trail_s: float = TRAIL_SENTENCE_S  # silence to keep after it
+    phonemes: str = ""
+    words: list[PhonemeWord] = field(default_factory=list)
+    cached_words: tuple[WordTiming, ...] = ()  # of a cache hit, in seconds of its samples
+    silence_s: float | None = None  # a pause: this much silence, no model call
+    pause_before: bool = False  # speech is cut tight on a side that meets a pause
+    pause_after: bool = False
 
 
 @dataclass
@@ -104,6 +122,7 @@ class _Audio:
     text: str
     samples: np.ndarray
     cached: bool
+    words: list[WordTiming] = field(default_factory=list)  # seconds of `samples`
 
 
 @dataclass
@@ -214,38 +233,62 @@ class SpeechPipeline:
         job, cfg = self.job, self.config
         executor = self.engine.text_executor
         try:
-            segments = await loop.run_in_executor(
-                executor,
-                functools.partial(
-                    plan_segments,
-                    job.text,
-                    first_chars=cfg.first_segment_chars,
+            items = job.items or (Speech(job.text),)
+
+            def segmenter(chunk: str, first: bool) -> list[str]:
+                return plan_segments(
+                    chunk,
+                    first_chars=cfg.first_segment_chars if first else cfg.max_segment_chars,
                     max_chars=cfg.max_segment_chars,
                     growth=cfg.growth,
-                ),
-            )
+                )
+
+            steps = await loop.run_in_executor(executor, functools.partial(plan, items, segmenter))
             g2p = get_g2p(job.lang)
-            final = len(segments) - 1
-            for index, segment in enumerate(segments):
+            final = len(steps) - 1
+            for index, step in enumerate(steps):
                 if index == 1:
                     await self._first_audio.wait()
+                before = index > 0 and isinstance(steps[index - 1], Pause)
+                after = index < final and isinstance(steps[index + 1], Pause)
+                if isinstance(step, Pause):
+                    speech_sides = (index > 0) + (index < final)
+                    seconds = max(0.0, step.seconds - PAUSE_EDGE_S * speech_sides)
+                    await self._pieces.put(
+                        _Piece(
+                            index,
+                            "",
+                            None,
+                            first=index == 0,
+                            last=index == final,
+                            silence_s=seconds,
+                        )  # fmt: skip
+                    )
+                    continue
+                segment = step
                 key = None
                 if index == 0 and self.cache.max_entries > 0:
                     key = PrimerCache.key(
                         segment, voice=job.voice, speed=job.speed, lang=job.lang,
                         model=self.engine.model_id,
                     )  # fmt: skip
-                    hit = self.cache.get(key)
+                    hit = self.cache.lookup(key)
                     if hit is not None:
                         trail = pause_after(segment, last=index == final)
-                        piece = _Piece(index, segment, None, cached=hit, first=True,
-                                       last=index == final, trail_s=trail)  # fmt: skip
+                        piece = _Piece(index, segment, None, cached=hit[0], cached_words=hit[1],
+                                       first=True, last=index == final, trail_s=trail,
+                                       pause_after=after)  # fmt: skip
                         await self._pieces.put(piece)
                         continue
-                phonemes = await loop.run_in_executor(executor, g2p.phonemize, segment)
-                parts = [(part, tokenize(part)) for part in split_phonemes(phonemes, MAX_PHONEMES)]
-                parts = [(part, t) for part, t in parts if any(i not in _silent_ids() for i in t)]
-                for j, (part, tokens) in enumerate(parts):
+                phonemes, words = await loop.run_in_executor(executor, g2p.phonemize_words, segment)
+                split = split_phonemes(phonemes, MAX_PHONEMES)
+                offsets = locate_pieces(phonemes, split)
+                parts = [
+                    (part, tokenize(part), words_in(words, at, len(part)))
+                    for part, at in zip(split, offsets, strict=True)
+                ]
+                parts = [p for p in parts if any(i not in _silent_ids() for i in p[1])]
+                for j, (part, tokens, part_words) in enumerate(parts):
                     end = j == len(parts) - 1
                     last = end and index == final
                     await self._pieces.put(
@@ -258,6 +301,10 @@ class SpeechPipeline:
                             first=index == 0 and j == 0,
                             last=last,
                             trail_s=pause_after(segment if end else part, last=last),
+                            phonemes=part,
+                            words=part_words,
+                            pause_before=before and j == 0,
+                            pause_after=after and end,
                         )
                     )
             await self._pieces.put(_END)
@@ -280,8 +327,14 @@ class SpeechPipeline:
                     return
                 infer_s = wait_ms = 0.0
                 nonfinite = 0
+                raw_words: tuple[WordTiming, ...] = ()
+                if piece.silence_s is not None:  # a pause: silence, nothing to trim
+                    samples = np.zeros(round(piece.silence_s * SAMPLE_RATE), np.float32)
+                    await self._deliver(_Audio(piece.index, "", samples, True))
+                    continue
                 if piece.cached is not None:
                     samples, cached = piece.cached, True
+                    raw_words = piece.cached_words
                 else:
                     tokens = piece.tokens
                     style = style_for(job.pack, len(tokens))
@@ -289,7 +342,7 @@ class SpeechPipeline:
                     deadline = (self.first_audio_at or job.arrived) + self.audio_s
                     queued = time.perf_counter()
                     timing: dict[str, float] = {}
-                    raw = await pool.run(
+                    raw, durations = await pool.run(
                         functools.partial(_infer, tokens=tokens, style=style, speed=job.speed,
                                           timing=timing),
                         executor=executor,
@@ -297,33 +350,51 @@ class SpeechPipeline:
                         timeout=cfg.timeout_s,
                     )  # fmt: skip
                     samples, nonfinite = guard_audio(raw, SAMPLE_RATE)
+                    if durations is not None:
+                        raw_words = tuple(
+                            word_timings(piece.words, durations, raw_samples=len(raw),
+                                         sample_rate=SAMPLE_RATE, phonemes=piece.phonemes)
+                        )  # fmt: skip
                     infer_s = timing.get("infer_s", 0.0)
                     self.compute_s += infer_s
                     wait_ms = max(0.0, (timing.get("start", queued) - queued) * 1e3)
                     if piece.cache_key is not None:
-                        self.cache.put(piece.cache_key, samples)
+                        self.cache.put(piece.cache_key, samples, raw_words)
                     cached = False
+                start, end = 0, len(samples)
                 if cfg.trim_silence:
-                    samples = trim_to_pauses(
+                    start, end = trim_bounds(
                         samples,
                         SAMPLE_RATE,
                         lead_s=LEAD_FIRST_S if piece.first else LEAD_S,
                         trail_s=piece.trail_s,
                     )
-                audio_s = len(samples) / SAMPLE_RATE
+                span = speech_span(samples) if piece.pause_before or piece.pause_after else None
+                if span is not None:
+                    edge = round(PAUSE_EDGE_S * SAMPLE_RATE)
+                    if piece.pause_before:
+                        start = max(0, span[0] - edge)
+                    if piece.pause_after:
+                        end = min(len(samples), span[1] + edge)
+                words = clip(raw_words, start / SAMPLE_RATE, end / SAMPLE_RATE)
+                if (start, end) != (0, len(samples)):
+                    samples, _ = guard_audio(samples[start:end], SAMPLE_RATE)
                 if not cached:
                     self.telemetry.segment(
                         infer_ms=infer_s * 1e3, wait_ms=wait_ms, nonfinite=nonfinite,
-                        audio_s=audio_s,
+                        audio_s=len(samples) / SAMPLE_RATE,
                     )  # fmt: skip
-                self.audio_s += audio_s
-                self.segments += 1
-                if self.first_audio_at is None:
-                    self.first_audio_at = time.perf_counter()
-                self._first_audio.set()
-                await self._audio.put(_Audio(piece.index, piece.text, samples, cached))
+                await self._deliver(_Audio(piece.index, piece.text, samples, cached, words))
         except BaseException as exc:
             await self._fail(self._audio, exc)
+
+    async def _deliver(self, audio: _Audio) -> None:
+        self.audio_s += len(audio.samples) / SAMPLE_RATE
+        self.segments += 1
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
+        self._first_audio.set()
+        await self._audio.put(audio)
 
     # -- stage 3: audio -> bytes ---------------------------------------------------------
 
@@ -353,10 +424,10 @@ class SpeechPipeline:
                 samples = item.samples
                 if compressed:
                     data = await loop.run_in_executor(
-                        self.engine.encode_executor, framer.chunk, samples
+                        self.engine.encode_executor, framer.chunk, samples, item.words
                     )
                 else:
-                    data = framer.chunk(samples)
+                    data = framer.chunk(samples, item.words)
                 audible = bool(np.any(np.abs(samples) > AUDIBLE))
                 await self._out.put(Output(data, samples=len(samples), audible=audible))
         except BaseException as exc:
@@ -370,12 +441,12 @@ def _infer(
     style: np.ndarray,
     speed: float,
     timing: dict[str, float],
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     start = time.perf_counter()
     timing["start"] = start
-    audio = synth.infer(tokens, style, speed)
+    audio, durations = synth.infer_timed(tokens, style, speed)
     timing["infer_s"] = time.perf_counter() - start
-    return audio
+    return audio, durations
 
 
 class _AudioFramer:
@@ -388,7 +459,7 @@ class _AudioFramer:
     def header(self) -> bytes:
         return self.encoder.header()
 
-    def chunk(self, samples: np.ndarray) -> bytes:
+    def chunk(self, samples: np.ndarray, words: Sequence[WordTiming] = ()) -> bytes:
         p = self.pipeline
         p.chunks += 1
         p.samples_sent += len(samples)
@@ -408,11 +479,11 @@ class _RecordFramer:
     def header(self) -> bytes:
         return b""
 
-    def chunk(self, samples: np.ndarray) -> bytes:
+    def chunk(self, samples: np.ndarray, words: Sequence[WordTiming] = ()) -> bytes:
         p = self.pipeline
         pcm = to_pcm16(samples).tobytes()
         p.sha256.update(pcm)
-        record = {
+        record: dict[str, Any] = {
             "type": "speech.audio.delta" if self.sse else "chunk",
             "seq": p.chunks,
             "sample_offset": p.samples_sent,
@@ -420,6 +491,8 @@ class _RecordFramer:
             "sample_rate": SAMPLE_RATE,
             "audio" if self.sse else "samples": base64.b64encode(pcm).decode("ascii"),
         }
+        if p.job.words:
+            record["words"] = stream_words(words, p.samples_sent)
         p.chunks += 1
         p.samples_sent += len(samples)
         return self._frame(record)
@@ -459,11 +532,13 @@ class _WholeFileFramer:
         self.job = job
         self.pipeline = pipeline
         self.parts: list[np.ndarray] = []
+        self.words: list[dict[str, Any]] = []
 
     def header(self) -> bytes:
         return b""
 
-    def chunk(self, samples: np.ndarray) -> bytes:
+    def chunk(self, samples: np.ndarray, words: Sequence[WordTiming] = ()) -> bytes:
+        self.words.extend(stream_words(words, self.pipeline.samples_sent))
         self.parts.append(samples)
         self.pipeline.chunks += 1
         self.pipeline.samples_sent += len(samples)
@@ -472,9 +547,29 @@ class _WholeFileFramer:
     def finish(self) -> bytes:
         audio = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
         if self.job.response_format == "wav":
-            return wav_bytes(audio, SAMPLE_RATE)
-        encoder = make_encoder(self.job.response_format, SAMPLE_RATE, streaming=False)
-        return encoder.header() + encoder.encode(audio) + encoder.finish()
+            data = wav_bytes(audio, SAMPLE_RATE)
+        else:
+            encoder = make_encoder(self.job.response_format, SAMPLE_RATE, streaming=False)
+            data = encoder.header() + encoder.encode(audio) + encoder.finish()
+        if not self.job.timestamps_json:
+            return data
+        body = {
+            "audio": base64.b64encode(data).decode("ascii"),
+            "response_format": self.job.response_format,
+            "sample_rate": SAMPLE_RATE,
+            "duration_s": round(len(audio) / SAMPLE_RATE, 4),
+            "words": self.words,
+        }
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def stream_words(words: Sequence[WordTiming], offset_samples: int) -> list[dict[str, Any]]:
+    """Word records in seconds of the stream: a chunk's words moved to where it starts."""
+    shift_s = offset_samples / SAMPLE_RATE
+    return [
+        {"word": w.word, "start": round(w.start + shift_s, 3), "end": round(w.end + shift_s, 3)}
+        for w in words
+    ]
 
 
 def _make_framer(

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from kokoro_opt.errors import UserInputError
+from kokoro_opt.runtime.markup import Lexicon, check_ssml_mode
 from kokoro_opt.runtime.voices import DEFAULT_VOICE
 
 # Model names OpenAI clients send; they are answered by the one loaded model.
@@ -33,6 +34,8 @@ class ServerSettings:
     - `first_segment_chars`, `max_segment_chars`, `growth`: segmentation (see `segments.py`).
     - `queue_size`: capacity of each queue between pipeline stages (backpressure).
     - `cache_entries`: first segments kept in the LRU primer cache (0: no cache).
+    - `lexicon`: pronunciations applied to every request (`runtime.markup.Lexicon`).
+    - `ssml`: `strict` refuses SSML tags other than <break>/<speak> (400), `lenient` strips them.
     """
 
     api_key: str | None = None
@@ -52,6 +55,8 @@ class ServerSettings:
     default_lang: str = "en-us"
     warmup: bool = True
     model_aliases: tuple[str, ...] = field(default=("kokoro", *OPENAI_MODEL_ALIASES))
+    lexicon: Lexicon | None = field(default=None, hash=False, compare=False)
+    ssml: str = "strict"
 
     def __post_init__(self) -> None:
         _at_least("max_chars", self.max_chars, 1)
@@ -74,6 +79,7 @@ class ServerSettings:
             )
         if not (math.isfinite(self.growth) and self.growth >= 1.0):
             raise UserInputError(f"growth must be at least 1.0, got {self.growth}.")
+        check_ssml_mode(self.ssml)
         if self.api_key is not None and not self.api_key.strip():
             raise UserInputError("The API key is empty: give a non-empty key or none at all.")
 
