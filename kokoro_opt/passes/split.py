@@ -314,6 +314,19 @@ def _probe(
         if rate != int(rate) or a[axis] != int(rate) * frames[0]:
             raise NotKokoroError(f"The front's output {name!r} is not a whole rate per frame.")
         tensors[name] = {"axis": axis, "rate": int(rate)}
+    if models.decoder is not None:
+        decoder = session(models.decoder)
+        hidden = []
+        for run in runs:
+            feeds = {i.name: run[i.name] for i in decoder.get_inputs() if i.name in run}
+            if STYLE in {i.name for i in decoder.get_inputs()}:
+                feeds[STYLE] = style
+            hidden.append(decoder.run(None, feeds)[0].shape)
+        axes = [i for i in range(len(hidden[0])) if hidden[0][i] != hidden[1][i]]
+        if len(axes) != 1:
+            raise NotKokoroError("The decoder's output has no single time axis.")
+        rate = (hidden[1][axes[0]] - hidden[0][axes[0]]) // (frames[1] - frames[0])
+        tensors[HIDDEN] = {"axis": axes[0], "rate": int(rate)}
     back = session(models.back)
     out = runs[1]
     feeds = {i.name: out[i.name] for i in back.get_inputs() if i.name in out}

@@ -54,7 +54,9 @@ class WindowPlan:
     first: int = 12
     """Frames in the first window (25 ms each)."""
     largest: int = 96
-    """Windows double from `first` up to this many frames."""
+    """Windows grow from `first` up to this many frames."""
+    grow: float = 2.0
+    """Each window is this many times the previous one (capped at `largest`)."""
     context: int | None = None
     """Input frames on each side of a window (None: the back's receptive field, rounded up)."""
     overlap: int = 1
@@ -68,8 +70,8 @@ class WindowPlan:
                 f"Unknown statistics policy {self.stats!r}. Choose one of: "
                 f"{', '.join(STATS_POLICIES)}."
             )
-        if self.first < 1 or self.largest < self.first:
-            raise UserInputError("Windows need first >= 1 frame and largest >= first.")
+        if self.first < 1 or self.largest < self.first or self.grow < 1:
+            raise UserInputError("Windows need first >= 1 frame, largest >= first, grow >= 1.")
         if self.overlap < 0 or self.lead < 0 or (self.context is not None and self.context < 0):
             raise UserInputError("context, overlap and lead must be 0 or more frames.")
 
@@ -166,7 +168,7 @@ class SplitModel:
                 end = total
             spans.append((start, end))
             start = end
-            size = min(plan.largest, size * 2)
+            size = min(plan.largest, int(size * plan.grow))
         return spans
 
     def render(
@@ -248,8 +250,7 @@ class SplitModel:
             elif name == "phase0":
                 feeds[name] = self._phase0(front, lo, inp.shape)
             else:
-                info = self.tensors.get(name, {"axis": 2, "rate": 2})
-                axis, rate = info["axis"], info["rate"]
+                axis, rate = self.tensors[name]["axis"], self.tensors[name]["rate"]
                 index = [slice(None)] * source[name].ndim
                 index[axis] = slice(lo * rate, hi * rate)
                 feeds[name] = np.ascontiguousarray(source[name][tuple(index)])
