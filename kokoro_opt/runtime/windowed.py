@@ -14,7 +14,12 @@ segment's):
 - `whole`: one window covers the segment: exactly the original model (no windowing);
 - `window`: the whole back half on each window with its context (statistics of that span);
 - `generator`: the decoder (frame-rate AdaIN blocks, a small share of the work) over the whole
-  segment, only the generator windowed (its own statistics per window).
+  segment, only the generator windowed (its own statistics per window);
+- `first`: the decoder over the whole segment, the generator on the first window alone (its
+  own statistics: approximate), then the generator over the whole segment with the segment's
+  statistics, cropped after the first window: everything after the first window (and its
+  cross-fade) is exactly the original's audio. It costs one extra first window of generator
+  work per segment.
 
 Leading pad frames are not rendered beyond `lead` frames before the first spoken frame (the
 first token is the pad; its duration is the leading silence) plus the context they need.
@@ -34,8 +39,8 @@ import numpy as np
 
 from kokoro_opt.errors import ModelFormatError, UserInputError
 
-StatsPolicy = Literal["whole", "window", "generator"]
-STATS_POLICIES: tuple[str, ...] = ("whole", "window", "generator")
+StatsPolicy = Literal["whole", "window", "generator", "first"]
+STATS_POLICIES: tuple[str, ...] = ("whole", "window", "generator", "first")
 
 FRONT, BACK, DECODER, GENERATOR, META = (
     "front.onnx",
@@ -160,6 +165,9 @@ class SplitModel:
             return [(0, total)]
         lead_pad = int(round(float(front.durations[0]))) if front.durations.size else 0
         start = max(0, min(lead_pad - plan.lead, total - 1))
+        if plan.stats == "first":
+            end = min(total, start + plan.first)
+            return [(start, end), (end, total)] if end < total else [(start, total)]
         spans = []
         size = plan.first
         while start < total:
@@ -190,7 +198,7 @@ class SplitModel:
             return
         source = front.tensors
         session = self.back
-        if plan.stats == "generator":
+        if plan.stats in ("generator", "first"):
             if self.decoder is None or self.generator is None:
                 raise ModelFormatError(
                     f"{self.folder} has no decoder.onnx/generator.onnx; split again with the "
@@ -213,6 +221,8 @@ class SplitModel:
             last = k == len(spans) - 1
             b_out = b if last else min(front.frames, b + plan.overlap)
             lo, hi = max(0, a - context), min(front.frames, b_out + context)
+            if plan.stats == "first" and k > 0:
+                lo, hi = 0, front.frames  # the segment's own statistics: exact from here on
             t0 = time.perf_counter()
             audio = self._run_back(session, source, style, front, lo, hi)
             if timings is not None:

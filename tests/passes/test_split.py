@@ -142,3 +142,18 @@ def test_a_graph_that_is_not_kokoro_is_refused(builder) -> None:  # noqa: ANN001
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(Exception, match="Unknown statistics policy 'x'"):
         WindowPlan("x")  # type: ignore[arg-type]
+
+
+def test_first_policy_is_exact_after_the_first_window(tmp_path: Path) -> None:
+    """With instance norms: the first window has its own statistics, everything after it (and
+    its one-frame cross-fade) is the whole render's audio."""
+    sm, audio, feeds = _split(tmp_path)
+    plan = WindowPlan("first", first=6, overlap=1, lead=0)
+    chunks, skipped = _windowed(sm, feeds, plan)
+    assert len(chunks) == 2
+    out = np.concatenate(chunks)
+    ref = audio[skipped:]
+    assert len(out) == len(ref)
+    exact_from = (6 + 1) * SAMPLES_PER_FRAME
+    assert float(np.abs(out[exact_from:] - ref[exact_from:]).max()) <= 1e-5
+    assert float(np.abs(out[: 6 * SAMPLES_PER_FRAME] - ref[: 6 * SAMPLES_PER_FRAME]).max()) > 1e-3
