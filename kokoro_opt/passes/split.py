@@ -349,6 +349,11 @@ def _probe(
         "phase0_shape": phase_shape,
         "generator": models.generator is not None,
         "receptive_field_frames": receptive_field(models.back, tensors, frames=frames[1]),
+        "generator_receptive_field_frames": (
+            receptive_field(models.generator, tensors, frames=frames[1])
+            if models.generator is not None
+            else None
+        ),
         "anatomy": {
             "durations": anatomy.durations,
             "features": list(anatomy.features),
@@ -390,7 +395,7 @@ def receptive_field(
     index = GraphIndex(back.graph)
     rate: dict[str, float] = {}
     reach: dict[str, float] = {}
-    public = {FEATURES: FEATURES, F0: F0, ENERGY: ENERGY}
+    public = {FEATURES, F0, ENERGY, HIDDEN}
     for name, info in tensors.items():
         if name in public:
             rate[name] = float(info["rate"])

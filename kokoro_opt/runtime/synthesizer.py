@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +34,8 @@ from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+    from kokoro_opt.runtime.windowed import SplitModel, WindowChunk, WindowPlan
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class Synthesizer:
         segment_policy: SegmentPolicy | None = None,
         trim: bool = True,
         allow_spinning: bool = False,
+        split: str | Path | None = None,
+        window: WindowPlan | None = None,
     ) -> None:
         self.model_path = Path(model)
         self.voices = VoiceLibrary.from_spec(voices)
@@ -111,6 +115,18 @@ class Synthesizer:
         self.max_chars = max_chars
         self.segment_policy = segment_policy or SegmentPolicy()
         self.trim = trim
+        self.split: SplitModel | None = None
+        self.window = window
+        if split is not None:
+            from kokoro_opt.runtime.windowed import SplitModel, WindowPlan
+
+            self.split = SplitModel(split, provider=provider, threads=threads)
+            self.window = window or WindowPlan("whole")
+
+    @property
+    def windowed(self) -> bool:
+        """True when segments are rendered in windows (a split model and a windowing plan)."""
+        return self.split is not None and self.window is not None and self.window.stats != "whole"
 
     # -- low level -------------------------------------------------------------------------
 
@@ -126,6 +142,19 @@ class Synthesizer:
         feeds = self.contract.feeds([PAD_ID, *tokens, PAD_ID], style, speed)
         (audio,) = self.session.run([self.contract.audio], feeds)
         return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+    def infer_windows(
+        self, tokens: list[int], style: np.ndarray, speed: float
+    ) -> Iterator[WindowChunk]:
+        """Raw model audio in windows (`windowed` synthesizers): the front once, then the
+        back window by window (see `runtime.windowed`)."""
+        if self.split is None or self.window is None:
+            raise UserInputError("This synthesizer has no split model: load it with split=DIR.")
+        if not tokens or len(tokens) > MAX_PHONEMES:
+            self.infer(tokens, style, speed)  # raises the same errors as a whole call
+        padded = np.array([[PAD_ID, *tokens, PAD_ID]], np.int64)
+        front = self.split.run_front(padded, style, speed)
+        yield from self.split.stream(front, style, self.window)
 
     def phonemize(
         self, text: str, lang: str = "en-us", *, first_segment_fast: bool = True
@@ -206,6 +235,10 @@ class Synthesizer:
         while current is not None:
             index, segment, phonemes = current
             tokens = tokenize(phonemes)
+            if self.windowed:
+                upcoming, seq = yield from self._windows(current, tokens, pack, speed, seq, pieces)
+                current, g2p_ms = upcoming, 0.0
+                continue
             t0 = time.perf_counter()
             raw = self.infer(tokens, style_for(pack, len(tokens)), speed)
             infer_ms = (time.perf_counter() - t0) * 1e3
@@ -235,6 +268,51 @@ class Synthesizer:
             )
             seq += 1
             current, g2p_ms = upcoming, next_g2p_ms
+
+    def _windows(
+        self,
+        current: tuple[int, str, str],
+        tokens: list[int],
+        pack: np.ndarray,
+        speed: float,
+        seq: int,
+        pieces: Iterator[tuple[int, str, str]],
+    ) -> Generator[AudioChunk, None, tuple[tuple[int, str, str] | None, int]]:
+        """One AudioChunk per window of one piece; returns the next piece (looked up before
+        the last window is yielded, so `is_last` is right) and the next chunk number."""
+        from kokoro_opt.runtime.windowed import finish_chunk
+
+        index, segment, phonemes = current
+        upcoming: tuple[int, str, str] | None = None
+        t0 = time.perf_counter()
+        for chunk in self.infer_windows(tokens, style_for(pack, len(tokens)), speed):
+            infer_ms = (time.perf_counter() - t0) * 1e3
+            samples, nonfinite = finish_chunk(
+                chunk,
+                SAMPLE_RATE,
+                lead_s=0.05 if self.trim else 1e9,
+                trail_s=0.3 if self.trim else 1e9,
+            )
+            if chunk.last:
+                upcoming = next(pieces, None)
+            yield AudioChunk(
+                seq=seq,
+                samples=samples,
+                sample_rate=SAMPLE_RATE,
+                text=segment,
+                phonemes=phonemes,
+                is_last=chunk.last and upcoming is None,
+                segment=index,
+                timings={
+                    "g2p_ms": 0.0,
+                    "infer_ms": infer_ms,
+                    "audio_s": len(samples) / SAMPLE_RATE,
+                },
+                nonfinite=nonfinite,
+            )
+            seq += 1
+            t0 = time.perf_counter()
+        return upcoming, seq
 
 
 def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:

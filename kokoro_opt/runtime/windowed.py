@@ -68,6 +68,8 @@ class WindowPlan:
     """Frames rendered twice at each join and cross-faded."""
     lead: int = 2
     """Leading pad frames kept before the first spoken frame."""
+    trail: int | None = None
+    """Trailing pad frames kept after the last spoken frame (None: render to the end)."""
 
     def __post_init__(self) -> None:
         if self.stats not in STATS_POLICIES:
@@ -98,6 +100,46 @@ class WindowTimings:
     front_ms: float = 0.0
     decoder_ms: float = 0.0
     windows_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class WindowChunk:
+    samples: np.ndarray
+    first: bool
+    last: bool
+    frame: int
+    """The segment frame its first sample belongs to."""
+
+
+def finish_chunk(
+    chunk: WindowChunk, sample_rate: int, *, lead_s: float, trail_s: float
+) -> tuple[np.ndarray, int]:
+    """A window's audio made safe to play without touching its joins: NaN/inf -> 0 (counted),
+    clipped to [-1, 1]; only the segment's own ends are trimmed of silence (to `lead_s` and
+    `trail_s`) and ramped (4 ms), so consecutive windows still meet sample for sample."""
+    from kokoro_opt.runtime.audio import trim_silence
+    from kokoro_opt.runtime.synthesizer import EDGE_RAMP_S
+
+    audio = np.array(chunk.samples, dtype=np.float32).reshape(-1)
+    bad = ~np.isfinite(audio)
+    nonfinite = int(bad.sum())
+    if nonfinite:
+        audio[bad] = 0.0
+    np.clip(audio, -1.0, 1.0, out=audio)
+    never = 1e9
+    if chunk.first:
+        audio = trim_silence(audio, sample_rate, max_lead_s=lead_s, max_tail_s=never)
+    if chunk.last:
+        audio = trim_silence(audio, sample_rate, max_lead_s=never, max_tail_s=trail_s)
+    ramp = min(int(EDGE_RAMP_S * sample_rate), len(audio) // 2)
+    if ramp > 0 and (chunk.first or chunk.last):
+        window = (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, ramp))).astype(np.float32)
+        audio = audio.copy()
+        if chunk.first:
+            audio[:ramp] *= window
+        if chunk.last:
+            audio[-ramp:] *= window[::-1]
+    return audio, nonfinite
 
 
 class SplitModel:
@@ -156,7 +198,11 @@ class SplitModel:
     def context_frames(self, plan: WindowPlan) -> int:
         if plan.context is not None:
             return plan.context
-        return int(np.ceil(self.receptive_field))
+        field = self.receptive_field
+        generator_field = self.meta.get("generator_receptive_field_frames")
+        if plan.stats in ("generator", "first") and generator_field is not None:
+            field = float(generator_field)  # the decoder runs whole: only the generator's field
+        return int(np.ceil(field))
 
     def windows(self, front: FrontOutput, plan: WindowPlan) -> list[tuple[int, int]]:
         """The [start, end) frames of each window, after the skipped leading pad."""
@@ -165,6 +211,9 @@ class SplitModel:
             return [(0, total)]
         lead_pad = int(round(float(front.durations[0]))) if front.durations.size else 0
         start = max(0, min(lead_pad - plan.lead, total - 1))
+        if plan.trail is not None and front.durations.size > 1:
+            trail_pad = int(round(float(front.durations[-1])))
+            total = max(start + 1, min(total, total - trail_pad + plan.trail))
         if plan.stats == "first":
             end = min(total, start + plan.first)
             return [(start, end), (end, total)] if end < total else [(start, total)]
@@ -239,6 +288,18 @@ class SplitModel:
                 keep = (b - a) * spf
                 tail = audio[keep:] if fade else None
                 yield audio[:keep]
+
+    def stream(
+        self,
+        front: FrontOutput,
+        style: np.ndarray,
+        plan: WindowPlan,
+        timings: WindowTimings | None = None,
+    ) -> Iterator[WindowChunk]:
+        """`render`'s audio with each window's place: first, last, start frame."""
+        spans = self.windows(front, plan)
+        for k, audio in enumerate(self.render(front, style, plan, timings)):
+            yield WindowChunk(audio, first=k == 0, last=k == len(spans) - 1, frame=spans[k][0])
 
     def _feed(self, name: str, source: dict[str, np.ndarray], style: np.ndarray) -> np.ndarray:
         return style if name == "style" else source[name]
