@@ -80,9 +80,29 @@ def serve(
         typer.Option(help="Run a small self-benchmark this often (seconds) while idle; 0 is off."),
     ] = 0.0,
     first_segment_chars: Annotated[
-        int,
-        typer.Option(help="Longest first segment in characters: shorter gives earlier audio."),
-    ] = 12,
+        int | None,
+        typer.Option(
+            help="Longest first segment in characters: shorter gives earlier audio. Default 12, "
+            "or a whole first sentence (up to 300) with windowed synthesis."
+        ),
+    ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder from `kokoro-opt split` of the same model: render each segment in "
+            "windows (first audio before the segment is done)."
+        ),
+    ] = None,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="Statistics policy with --split: first (default: first window approximate, "
+            "exact after it), generator, window, or whole (no windowing)."
+        ),
+    ] = "first",
+    first_window: Annotated[
+        int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
+    ] = 24,
     cache_entries: Annotated[
         int,
         typer.Option(help="First segments kept in the primer cache; 0 turns the cache off."),
@@ -131,6 +151,11 @@ def serve(
     providers = [
         normalize_provider(p) for item in (provider or ["cpu"]) for p in item.split(",") if p
     ]
+    plan = None
+    if split is not None:
+        from kokoro_opt.runtime.windowed import WindowPlan
+
+        plan = WindowPlan(window, first=first_window, trail=12)  # type: ignore[arg-type]
     settings = ServerSettings(
         api_key=api_key,
         max_chars=max_chars,
@@ -139,7 +164,9 @@ def serve(
         timeout_s=timeout,
         primer_ms=primer_ms,
         self_bench_interval_s=self_bench_interval,
-        first_segment_chars=first_segment_chars,
+        first_segment_chars=first_segment_chars
+        if first_segment_chars is not None
+        else (300 if plan is not None and plan.stats != "whole" else 12),
         trim_silence=trim_silence,
         cache_entries=cache_entries,
         default_voice=voice,
@@ -148,7 +175,13 @@ def serve(
     model_path = resolve_model(model)
     with err_console.status(f"Loading {model_path.name} into {sessions} session(s) ..."):
         engine = Engine.load(
-            model_path, sessions=sessions, providers=providers, threads=threads, voices=voices
+            model_path,
+            sessions=sessions,
+            providers=providers,
+            threads=threads,
+            voices=voices,
+            split=split,
+            window=plan,
         )
     app = create_app(engine, settings)
     if host not in LOOPBACK and api_key is None:

@@ -78,8 +78,11 @@ def plan_segments(
 
 
 def primer_cut(sentence: str, first_chars: int) -> tuple[str, str]:
-    """(primer, rest) for the first sentence: its first clause, or the longest run of leading
-    words within `first_chars` that does not end on a function word."""
+    """(primer, rest) for the first sentence: the whole sentence when it fits `first_chars`,
+    else its first clause, or the longest run of leading words within `first_chars` that does
+    not end on a function word."""
+    if len(sentence) <= first_chars:  # the whole sentence fits: no cut (windowed synthesis)
+        return sentence, ""
     clauses = split_clauses(sentence)
     first = clauses[0]
     after = " ".join(clauses[1:])
