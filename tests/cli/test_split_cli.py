@@ -49,3 +49,20 @@ def test_split_refuses_a_graph_that_is_not_kokoro(
         "error: Not a Kokoro graph: no duration predictor (a Round followed by a Clip) was found."
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_speak_with_a_split_folder_renders_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
+) -> None:
+    model = tmp_path / "k.onnx"
+    onnx.save(kokoro_anatomy_model(), model)
+    out = tmp_path / "k.split"
+    assert run_cli(["split", str(model), "-o", str(out), "--threads", "1"], capsys).exit_code == 0
+    text = "The birch canoe slid on the smooth planks."
+    args = ["speak", text, "-o", str(tmp_path / "a.wav"), "--model", str(model), "--json"]
+    result = run_cli([*args, "--split", str(out), "--first-window", "4", "--threads", "1"], capsys)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["segments"] == 1 and summary["chunks"] > 1
+    result = run_cli([*args, "--split", str(out), "--window", "nope"], capsys)
+    assert result.exit_code != 0 and "Unknown statistics policy 'nope'" in result.stderr
