@@ -80,12 +80,12 @@ def serve(
         typer.Option(help="Run a small self-benchmark this often (seconds) while idle; 0 is off."),
     ] = 0.0,
     first_segment_chars: Annotated[
-        int | None,
+        int,
         typer.Option(
-            help="Longest first segment in characters: shorter gives earlier audio. Default 12, "
-            "or a whole first sentence (up to 300) with windowed synthesis."
+            help="Longest first segment in characters: shorter gives earlier audio. With "
+            "--split (windowed) the first segment is the whole first sentence instead."
         ),
-    ] = None,
+    ] = 12,
     split: Annotated[
         Path | None,
         typer.Option(
@@ -164,9 +164,7 @@ def serve(
         timeout_s=timeout,
         primer_ms=primer_ms,
         self_bench_interval_s=self_bench_interval,
-        first_segment_chars=first_segment_chars
-        if first_segment_chars is not None
-        else (300 if plan is not None and plan.stats != "whole" else 12),
+        first_segment_chars=first_segment_chars,
         trim_silence=trim_silence,
         cache_entries=cache_entries,
         default_voice=voice,

@@ -122,6 +122,8 @@ class Synthesizer:
 
             self.split = SplitModel(split, provider=provider, threads=threads)
             self.window = window or WindowPlan("whole")
+            if segment_policy is None and self.windowed:  # first audio is fast: no primer
+                self.segment_policy = SegmentPolicy(first="sentence")
 
     @property
     def windowed(self) -> bool:

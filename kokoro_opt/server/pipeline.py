@@ -223,6 +223,8 @@ class SpeechPipeline:
                     first_chars=cfg.first_segment_chars,
                     max_chars=cfg.max_segment_chars,
                     growth=cfg.growth,
+                    # windowed synthesis makes first audio fast: no fragment primer
+                    first="sentence" if self.engine.windowed else "clause",
                 ),
             )
             g2p = get_g2p(job.lang)
