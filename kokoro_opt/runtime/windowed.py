@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kokoro_opt.errors import ModelFormatError, UserInputError
+from kokoro_opt.runtime.synthesizer import EDGE_RAMP_S, SAMPLE_RATE
 
 StatsPolicy = Literal["whole", "window", "generator", "first"]
 STATS_POLICIES: tuple[str, ...] = ("whole", "window", "generator", "first")
@@ -58,6 +59,9 @@ class WindowPlan:
     stats: StatsPolicy = "whole"
     first: int = 12
     """Frames in the first window (25 ms each)."""
+    ahead: float = 1.5
+    """`first` policy: grow the first window until its audio lasts `ahead` times the measured
+    time of the rest of the segment's render, so playback never runs dry (0: fixed size)."""
     largest: int = 96
     """Windows grow from `first` up to this many frames."""
     grow: float = 2.0
@@ -79,6 +83,8 @@ class WindowPlan:
             )
         if self.first < 1 or self.largest < self.first or self.grow < 1:
             raise UserInputError("Windows need first >= 1 frame, largest >= first, grow >= 1.")
+        if self.ahead < 0:
+            raise UserInputError("ahead must be 0 (fixed first window) or more.")
         if self.overlap < 0 or self.lead < 0 or (self.context is not None and self.context < 0):
             raise UserInputError("context, overlap and lead must be 0 or more frames.")
 
@@ -118,7 +124,6 @@ def finish_chunk(
     clipped to [-1, 1]; only the segment's own ends are trimmed of silence (to `lead_s` and
     `trail_s`) and ramped (4 ms), so consecutive windows still meet sample for sample."""
     from kokoro_opt.runtime.audio import trim_silence
-    from kokoro_opt.runtime.synthesizer import EDGE_RAMP_S
 
     audio = np.array(chunk.samples, dtype=np.float32).reshape(-1)
     bad = ~np.isfinite(audio)
@@ -169,6 +174,9 @@ class SplitModel:
         self.samples_per_frame = int(self.meta["samples_per_frame"])
         self.tensors: dict[str, dict[str, int]] = self.meta["tensors"]
         self.receptive_field = float(self.meta["receptive_field_frames"])
+        self.rest_s_per_frame: float | None = None
+        """Measured seconds per frame of the `first` policy's whole-segment render (an
+        exponential average), which sizes later first windows."""
         self._front_inputs = {i.name: i.type for i in self.front.get_inputs()}
         self._back_inputs = {i.name for i in self.back.get_inputs()}
 
@@ -215,7 +223,11 @@ class SplitModel:
             trail_pad = int(round(float(front.durations[-1])))
             total = max(start + 1, min(total, total - trail_pad + plan.trail))
         if plan.stats == "first":
-            end = min(total, start + plan.first)
+            size = plan.first
+            if plan.ahead > 0 and self.rest_s_per_frame is not None:
+                frame_s = self.samples_per_frame / SAMPLE_RATE
+                size = max(size, int(np.ceil(plan.ahead * self.rest_s_per_frame * total / frame_s)))
+            end = min(total, start + size)
             return [(start, end), (end, total)] if end < total else [(start, total)]
         spans = []
         size = plan.first
@@ -234,10 +246,11 @@ class SplitModel:
         style: np.ndarray,
         plan: WindowPlan,
         timings: WindowTimings | None = None,
+        spans: list[tuple[int, int]] | None = None,
     ) -> Iterator[np.ndarray]:
         """Audio of the segment, one array per window, joined by cross-fades."""
         style = np.asarray(style, np.float32).reshape(1, -1)
-        spans = self.windows(front, plan)
+        spans = spans or self.windows(front, plan)
         if plan.stats == "whole":
             t0 = time.perf_counter()
             audio = self._run_back(self.back, front.tensors, style, front, 0, front.frames)
@@ -274,8 +287,13 @@ class SplitModel:
                 lo, hi = 0, front.frames  # the segment's own statistics: exact from here on
             t0 = time.perf_counter()
             audio = self._run_back(session, source, style, front, lo, hi)
+            took = time.perf_counter() - t0
             if timings is not None:
-                timings.windows_ms.append((time.perf_counter() - t0) * 1e3)
+                timings.windows_ms.append(took * 1e3)
+            if plan.stats == "first" and k > 0:
+                per_frame = took / max(1, hi - lo)
+                old = self.rest_s_per_frame
+                self.rest_s_per_frame = per_frame if old is None else 0.5 * old + 0.5 * per_frame
             audio = audio[(a - lo) * spf : (b_out - lo) * spf]
             if tail is not None and len(tail):
                 n = min(len(tail), len(audio))
@@ -298,7 +316,7 @@ class SplitModel:
     ) -> Iterator[WindowChunk]:
         """`render`'s audio with each window's place: first, last, start frame."""
         spans = self.windows(front, plan)
-        for k, audio in enumerate(self.render(front, style, plan, timings)):
+        for k, audio in enumerate(self.render(front, style, plan, timings, spans)):
             yield WindowChunk(audio, first=k == 0, last=k == len(spans) - 1, frame=spans[k][0])
 
     def _feed(self, name: str, source: dict[str, np.ndarray], style: np.ndarray) -> np.ndarray:

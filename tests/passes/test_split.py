@@ -157,3 +157,20 @@ def test_first_policy_is_exact_after_the_first_window(tmp_path: Path) -> None:
     exact_from = (6 + 1) * SAMPLES_PER_FRAME
     assert float(np.abs(out[exact_from:] - ref[exact_from:]).max()) <= 1e-5
     assert float(np.abs(out[: 6 * SAMPLES_PER_FRAME] - ref[: 6 * SAMPLES_PER_FRAME]).max()) > 1e-3
+
+
+def test_first_window_grows_to_stay_ahead_of_playback(tmp_path: Path) -> None:
+    sm, audio, feeds = _split(tmp_path)
+    front = sm.run_front(feeds["tokens"], feeds["style"], 1.0)
+    plan = WindowPlan("first", first=3, lead=0)
+    start = int(front.durations[0])  # the leading pad is not rendered
+    assert sm.rest_s_per_frame is None
+    assert sm.windows(front, plan)[0] == (start, start + 3)  # nothing measured yet
+    list(sm.render(front, feeds["style"], plan))
+    assert sm.rest_s_per_frame is not None and sm.rest_s_per_frame > 0
+    frame_s = SAMPLES_PER_FRAME / 24000
+    sm.rest_s_per_frame = 0.2 * frame_s  # the rest renders at 0.2x real time
+    need = int(np.ceil(1.5 * 0.2 * front.frames))
+    assert sm.windows(front, plan)[0] == (start, start + max(3, need))
+    fixed = WindowPlan("first", first=3, lead=0, ahead=0)
+    assert sm.windows(front, fixed)[0] == (start, start + 3)
