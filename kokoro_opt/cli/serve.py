@@ -102,7 +102,7 @@ def serve(
     ] = "first",
     first_window: Annotated[
         int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
-    ] = 24,
+    ] = 12,
     cache_entries: Annotated[
         int,
         typer.Option(help="First segments kept in the primer cache; 0 turns the cache off."),

@@ -71,7 +71,7 @@ def speak(
     ] = "first",
     first_window: Annotated[
         int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
-    ] = 24,
+    ] = 12,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
