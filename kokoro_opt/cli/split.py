@@ -29,14 +29,18 @@ def split(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="The folder to write (replaced if it exists)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="The folder to write (an earlier split folder there is replaced).",
+        ),
     ],
     generator: Annotated[
         bool,
         typer.Option(
             "--generator/--no-generator",
             help="Also cut the back half at the generator's input (decoder.onnx and "
-            "generator.onnx), for the 'generator' statistics policy.",
+            "generator.onnx), which the 'first' and 'generator' statistics policies need.",
         ),
     ] = True,
     threads: Annotated[int, typer.Option(help="Intra-op threads for the probe runs.")] = 2,
@@ -59,6 +63,11 @@ def split(
     out = output.expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise UserInputError(f"Output {out} is a file; give a folder path such as {out}.split.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "split.json").is_file():
+        raise UserInputError(
+            f"Output {out} is a folder with other files in it; give a new folder or an earlier "
+            "split folder to replace."
+        )
     check_writable_dir(out.parent)
     start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} ..."):

@@ -51,6 +51,18 @@ def test_split_refuses_a_graph_that_is_not_kokoro(
     assert not (tmp_path / "out").exists()
 
 
+def test_split_will_not_replace_a_folder_of_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
+) -> None:
+    model = tmp_path / "k.onnx"
+    onnx.save(kokoro_anatomy_model(), model)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    result = run_cli(["split", str(model), "-o", str(tmp_path / "mine")], capsys)
+    assert result.exit_code != 0 and "with other files in it" in result.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
 def test_speak_with_a_split_folder_renders_windows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
 ) -> None:
