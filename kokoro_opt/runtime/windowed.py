@@ -228,7 +228,9 @@ class SplitModel:
                 frame_s = self.samples_per_frame / SAMPLE_RATE
                 size = max(size, int(np.ceil(plan.ahead * self.rest_s_per_frame * total / frame_s)))
             end = min(total, start + size)
-            return [(start, end), (end, total)] if end < total else [(start, total)]
+            if end >= total:  # no time to gain: one exact render of the segment
+                return [(start, total)]
+            return [(start, end), (end, total)]
         spans = []
         size = plan.first
         while start < total:
@@ -283,14 +285,14 @@ class SplitModel:
             last = k == len(spans) - 1
             b_out = b if last else min(front.frames, b + plan.overlap)
             lo, hi = max(0, a - context), min(front.frames, b_out + context)
-            if plan.stats == "first" and k > 0:
+            if plan.stats == "first" and (k > 0 or last):
                 lo, hi = 0, front.frames  # the segment's own statistics: exact from here on
             t0 = time.perf_counter()
             audio = self._run_back(session, source, style, front, lo, hi)
             took = time.perf_counter() - t0
             if timings is not None:
                 timings.windows_ms.append(took * 1e3)
-            if plan.stats == "first" and k > 0:
+            if plan.stats == "first" and (k > 0 or last):
                 per_frame = took / max(1, hi - lo)
                 old = self.rest_s_per_frame
                 self.rest_s_per_frame = per_frame if old is None else 0.5 * old + 0.5 * per_frame
