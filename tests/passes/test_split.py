@@ -174,3 +174,8 @@ def test_first_window_grows_to_stay_ahead_of_playback(tmp_path: Path) -> None:
     assert sm.windows(front, plan)[0] == (start, start + max(3, need))
     fixed = WindowPlan("first", first=3, lead=0, ahead=0)
     assert sm.windows(front, fixed)[0] == (start, start + 3)
+    sm.rest_s_per_frame = 10 * frame_s  # slower than real time: nothing to gain
+    assert sm.windows(front, plan) == [(start, front.frames)]
+    (out,) = list(sm.render(front, feeds["style"], plan))
+    skip = start * SAMPLES_PER_FRAME
+    assert float(np.abs(out - audio[skip:]).max()) <= 1e-5  # one exact render
