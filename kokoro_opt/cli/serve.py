@@ -86,6 +86,14 @@ def serve(
             "--split (windowed) the first segment is the whole first sentence instead."
         ),
     ] = 12,
+    first_segment: Annotated[
+        str | None,
+        typer.Option(
+            help="clause: the first segment is the early primer (--first-segment-chars); "
+            "sentence: the whole first sentence. Default: sentence with --split, else clause.",
+            show_default=False,
+        ),
+    ] = None,
     split: Annotated[
         Path | None,
         typer.Option(
@@ -165,6 +173,7 @@ def serve(
         primer_ms=primer_ms,
         self_bench_interval_s=self_bench_interval,
         first_segment_chars=first_segment_chars,
+        first_segment=first_segment,
         trim_silence=trim_silence,
         cache_entries=cache_entries,
         default_voice=voice,

@@ -30,6 +30,7 @@ import numpy as np
 
 from kokoro_opt.runtime.audio import to_pcm16
 from kokoro_opt.runtime.g2p import get_g2p
+from kokoro_opt.runtime.segment import FirstSegment
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, guard_audio
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, split_phonemes, tokenize, vocab
 from kokoro_opt.runtime.voices import style_for
@@ -64,6 +65,7 @@ class PipelineConfig:
     """Per-request knobs (from ServerSettings)."""
 
     first_segment_chars: int = 12
+    first_segment: FirstSegment = "clause"
     max_segment_chars: int = 300
     growth: float = 3.0
     queue_size: int = 2
@@ -223,8 +225,7 @@ class SpeechPipeline:
                     first_chars=cfg.first_segment_chars,
                     max_chars=cfg.max_segment_chars,
                     growth=cfg.growth,
-                    # windowed synthesis makes first audio fast: no fragment primer
-                    first="sentence" if self.engine.windowed else "clause",
+                    first=cfg.first_segment,
                 ),
             )
             g2p = get_g2p(job.lang)

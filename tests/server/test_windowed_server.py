@@ -52,3 +52,11 @@ def test_windowed_server_streams_windows(split_engines: tuple[Engine, Engine]) -
     assert chunks > whole_chunks
     assert np.abs(pcm).max() > 300
     assert abs(len(pcm) - len(ref)) < 0.2 * len(ref)  # same speech, trimmed pads may differ
+    with running_server(windowed, ServerSettings(first_segment="clause", cache_entries=0)) as url:
+        primed_chunks, primed = _speak(url)
+    assert primed_chunks > 1 and np.abs(primed).max() > 300
+
+
+def test_first_segment_setting_is_checked() -> None:
+    with pytest.raises(Exception, match="first-segment must be clause or sentence"):
+        ServerSettings(first_segment="word")
