@@ -27,6 +27,7 @@ from kokoro_opt.cli import run as run_cli
 from kokoro_opt.cli import serve as serve_cli
 from kokoro_opt.cli import shapes as shapes_cli
 from kokoro_opt.cli import speak as speak_cli
+from kokoro_opt.cli import split as split_cli
 from kokoro_opt.cli import verify as verify_cli
 from kokoro_opt.cli.console import err_console
 from kokoro_opt.errors import KokoroOptError
@@ -50,6 +51,7 @@ pin_cli.register(app)
 fp16_cli.register(app)
 optimize_cli.register(app)
 shapes_cli.register(app)
+split_cli.register(app)
 int4_cli.register(app)
 app.add_typer(coreml_cli.app, name="coreml")
 eval_cli.register(app)

@@ -81,7 +81,35 @@ def serve(
     ] = 0.0,
     first_segment_chars: Annotated[
         int,
-        typer.Option(help="Longest first segment in characters: shorter gives earlier audio."),
+        typer.Option(
+            help="Longest first segment in characters: shorter gives earlier audio. With "
+            "--split (windowed) the first segment is the whole first sentence instead."
+        ),
+    ] = 12,
+    first_segment: Annotated[
+        str | None,
+        typer.Option(
+            help="clause: the first segment is the early primer (--first-segment-chars); "
+            "sentence: the whole first sentence. Default: sentence with --split, else clause.",
+            show_default=False,
+        ),
+    ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder from `kokoro-opt split` of the same model: render each segment in "
+            "windows (first audio before the segment is done)."
+        ),
+    ] = None,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="Statistics policy with --split: first (default: first window approximate, "
+            "exact after it), generator, window, or whole (no windowing)."
+        ),
+    ] = "first",
+    first_window: Annotated[
+        int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
     ] = 12,
     cache_entries: Annotated[
         int,
@@ -178,6 +206,11 @@ def serve(
     providers = [
         normalize_provider(p) for item in (provider or ["cpu"]) for p in item.split(",") if p
     ]
+    plan = None
+    if split is not None:
+        from kokoro_opt.runtime.windowed import WindowPlan
+
+        plan = WindowPlan(window, first=first_window, trail=12)  # type: ignore[arg-type]
     settings = ServerSettings(
         api_key=api_key,
         max_chars=max_chars,
@@ -187,6 +220,7 @@ def serve(
         primer_ms=primer_ms,
         self_bench_interval_s=self_bench_interval,
         first_segment_chars=first_segment_chars,
+        first_segment=first_segment,
         trim_silence=trim_silence,
         cache_entries=cache_entries,
         default_voice=voice,
@@ -203,6 +237,8 @@ def serve(
             threads=threads,
             voices=voices,
             timestamps="auto" if timestamps else False,
+            split=split,
+            window=plan,
         )
     app = create_app(engine, settings)
     if http and host not in LOOPBACK and api_key is None:

@@ -81,6 +81,20 @@ def speak(
             "strips them and keeps their text."
         ),
     ] = "strict",
+    split: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder from `kokoro-opt split` of the same model: render in windows, so "
+            "the first audio comes before the first segment is done."
+        ),
+    ] = None,
+    window: Annotated[
+        str,
+        typer.Option(help="Statistics policy with --split: first, generator, window or whole."),
+    ] = "first",
+    first_window: Annotated[
+        int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
+    ] = 12,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
@@ -122,6 +136,11 @@ def speak(
     library = VoiceLibrary.from_spec(voices)
     library.validate(voice)
     model_path = resolve_model(model)
+    plan = None
+    if split is not None:
+        from kokoro_opt.runtime.windowed import WindowPlan
+
+        plan = WindowPlan(window, first=first_window, trail=12)  # type: ignore[arg-type]
 
     start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} and the {lang} G2P ..."):
@@ -131,6 +150,8 @@ def speak(
             provider=provider,
             threads=threads,
             timestamps=words_file is not None,
+            split=split,
+            window=plan,
         )
         get_g2p(lang)  # one-time start-up cost, kept out of the synthesis time
     load_s = time.perf_counter() - start
@@ -174,7 +195,8 @@ def speak(
         "provider": synth.providers[0],
         "sample_rate": SAMPLE_RATE,
         "duration_s": round(duration, 3),
-        "segments": len(chunks),
+        "segments": n_steps,
+        "chunks": len(chunks),
         "load_s": round(load_s, 3),
         "synthesis_s": round(synth_s, 3),
         "first_audio_s": round(first_audio_s or 0.0, 3),
@@ -190,7 +212,7 @@ def speak(
     table.add_column(style="bold")
     table.add_column()
     table.add_row("Wrote", f"{output} (24 kHz mono PCM16)")
-    table.add_row("Audio", f"{duration:.2f} s in {len(chunks)} segment(s)")
+    table.add_row("Audio", f"{duration:.2f} s in {n_steps} segment(s), {len(chunks)} chunk(s)")
     table.add_row("Time", f"{synth_s:.2f} s (first audio {first_audio_s or 0:.2f} s)")
     table.add_row("RTF", f"{synth_s / duration:.3f}" if duration else "n/a")
     table.add_row("Model", f"{model_path.name} on {synth.providers[0]} (loaded in {load_s:.2f} s)")

@@ -6,7 +6,7 @@ Both are imported lazily by dotted name, so validating a recipe never imports on
 a kind whose module is not in this kokoro-opt yet fails validation with a clear line.
 
 Roles: `pull` (fetch the default models), `transform` (model in, model out: optimize, quantize,
-pin, int4, fp16), `buckets` (model in, folder of static models out: shapes), `evidence`
+pin, int4, fp16), `buckets` (model in, folder of models out: shapes, split), `evidence`
 (measure the current model against the reference: eval, bench) and `gate` (check the evidence).
 """
 
@@ -267,6 +267,21 @@ def run_shapes(inp: StepInput) -> StepOutput:
     return StepOutput(buckets="buckets", summary={"buckets": rows})
 
 
+def run_split(inp: StepInput) -> StepOutput:
+    """The split folder (front, back, decoder, generator, split.json), as `kokoro-opt split`."""
+    from kokoro_opt.graph.io import load_model
+    from kokoro_opt.passes import split
+
+    if inp.model is None:
+        raise RuntimeError("split ran without an input model")
+    config: split.Config = inp.step.config  # type: ignore[assignment]
+    models = split.split(load_model(inp.model.path), config, inp.ctx)
+    models.meta["source"] = {"path": inp.model.label, "sha256": inp.model.sha256}
+    split.save(models, inp.staging / "split")
+    summary = {k: models.meta[k] for k in ("samples_per_frame", "receptive_field_frames")}
+    return StepOutput(buckets="split", summary={**summary, "files": sorted(models.files())})
+
+
 def run_gate(inp: StepInput) -> StepOutput:
     """`kokoro-opt gate` on the run's evidence report."""
     from kokoro_opt.gates import evaluate, junit_xml, load_rules, resolve_rules
@@ -380,6 +395,15 @@ STEP_KINDS: dict[str, StepKind] = {
             ShapesOptions,
             run_shapes,
             code=_code("kokoro_opt.passes.static_shapes", "kokoro_opt.runtime.buckets"),
+        ),
+        StepKind(
+            "split",
+            "buckets",
+            "Cut the model at the alignment into a front and a windowable back (split.json).",
+            "kokoro-opt split",
+            "kokoro_opt.passes.split:Config",
+            run_split,
+            code=_code("kokoro_opt.passes.split"),
         ),
         StepKind(
             "eval",

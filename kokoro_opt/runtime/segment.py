@@ -1,18 +1,26 @@
 """Text normalization and segmentation for streaming synthesis (pure functions).
 
+The one segmenter of kokoro-opt: `speak`, the Synthesizer and the server all cut text with
+`segment_text` (the server through `server.segments.plan_segments`, with its own policy).
+
 Streaming wants two things that pull in opposite directions: the first audio should come fast
 (a short first segment) and the whole text should be synthesized efficiently (long segments,
 few model calls). So segments grow:
 
-- the first segment is the first clause of the first sentence (cut at a word boundary if it is
-  longer than `first_max_chars`): the "early primer";
+- the first segment (`first="clause"`) is the first clause of the first sentence, cut to
+  `first_max_chars` at a word boundary when longer, backing off over a trailing function word
+  ("on", "the", ...) so it ends where a speaker could pause: the "early primer". With windowed
+  synthesis the first audio no longer waits for the whole segment, so `first="sentence"` makes
+  the first segment the whole first sentence (no fragment boundary changes its phrasing);
 - each later segment packs whole sentences up to a budget of `growth` times the characters
   already emitted (at least `first_max_chars`, at most `max_chars`). With growth 2, a segment
   is never more than twice the audio already delivered, so a runtime with a real-time factor
   below 0.5 finishes segment N+1 before segment N has finished playing: no underrun.
 
-Sentences longer than the budget are split at clause punctuation, then at spaces. The phoneme
-limit (510) is enforced after G2P by `tokenizer.split_phonemes`; `max_chars` keeps that rare.
+A sentence longer than the budget is split at clause punctuation; a single clause over the
+budget but within `max_chars` stays whole; only a clause longer than `max_chars` is cut between
+words. The phoneme limit (510) is enforced after G2P by `tokenizer.split_phonemes`;
+`max_chars` keeps that rare.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import re
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 # Abbreviations whose period does not end a sentence (compared lower-case, without the period).
 ABBREVIATIONS = frozenset(
@@ -37,6 +46,19 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 _SPACES = re.compile(r"[^\S\n]+")
 
 
+# Words a phrase rarely ends on (English): the primer cut backs off over them.
+FUNCTION_WORDS = frozenset(
+    {
+        "a", "an", "the", "of", "on", "in", "at", "to", "for", "from", "with", "by", "as",
+        "and", "or", "but", "nor", "so", "if", "that", "than", "then", "my", "your", "his",
+        "her", "its", "our", "their", "this", "these", "those", "is", "are", "was", "were",
+        "be", "been", "very", "into", "onto", "over", "under", "about", "not", "no",
+    }
+)  # fmt: skip
+
+FirstSegment = Literal["clause", "sentence"]
+
+
 @dataclass(frozen=True)
 class SegmentPolicy:
     """How text is cut into synthesis segments (see the module docstring)."""
@@ -44,12 +66,15 @@ class SegmentPolicy:
     first_max_chars: int = 80
     max_chars: int = 400
     growth: float = 2.0
+    first: FirstSegment = "clause"
 
     def __post_init__(self) -> None:
         if not 1 <= self.first_max_chars <= self.max_chars:
             raise ValueError("need 1 <= first_max_chars <= max_chars")
         if self.growth <= 0:
             raise ValueError("growth must be positive")
+        if self.first not in ("clause", "sentence"):
+            raise ValueError("first must be 'clause' or 'sentence'")
 
 
 def normalize_text(text: str) -> str:
@@ -130,23 +155,21 @@ def segment_text(
     text: str, *, first_segment_fast: bool = True, policy: SegmentPolicy | None = None
 ) -> list[str]:
     """Synthesis segments for `text` (see the module docstring). Empty when nothing is
-    speakable."""
+    speakable. Without `first_segment_fast` every segment packs sentences up to `max_chars`."""
     policy = policy or SegmentPolicy()
     queue: deque[str] = deque(split_sentences(text))
     segments: list[str] = []
     emitted = 0
     if first_segment_fast and queue:
-        clauses = split_clauses(queue.popleft())
-        first = clauses.pop(0)
-        if len(first) > policy.first_max_chars:
-            words = split_words(first, policy.first_max_chars)
-            first = words[0]
-            clauses = [" ".join(words[1:]), *clauses] if len(words) > 1 else clauses
-        rest = " ".join(clauses)
-        if rest:
-            queue.appendleft(rest)
-        segments.append(first)
-        emitted = len(first)
+        if policy.first == "clause":
+            primer, rest = primer_cut(queue.popleft(), policy.first_max_chars)
+            if rest:
+                queue.appendleft(rest)
+            segments.append(primer)
+            emitted = len(primer)
+        elif len(queue[0]) <= policy.max_chars:
+            segments.append(queue.popleft())
+            emitted = len(segments[0])
     while queue:
         if first_segment_fast:
             budget = int(
@@ -161,16 +184,49 @@ def segment_text(
             if len(candidate) <= budget:
                 current = candidate
                 queue.popleft()
-            elif current:
+                continue
+            if current:
                 break
+            queue.popleft()
+            clauses = split_clauses(unit)
+            if len(clauses) > 1:
+                queue.extendleft(reversed(clauses))
+            elif len(unit) > policy.max_chars:
+                queue.extendleft(reversed(split_words(unit, policy.max_chars)))
             else:
-                queue.popleft()
-                clauses = split_clauses(unit)
-                parts = clauses if len(clauses) > 1 else split_words(unit, budget)
-                queue.extendleft(reversed(parts))
+                current = unit  # one clause over the budget but within max_chars: keep whole
+                break
         segments.append(current)
         emitted += len(current)
-    return [s for s in segments if is_speakable(s)]
+    return [s for s in segments if s and is_speakable(s)]
+
+
+def primer_cut(sentence: str, first_chars: int) -> tuple[str, str]:
+    """(primer, rest) for the first sentence: its first clause, or the longest run of leading
+    words within `first_chars` that does not end on a function word."""
+    clauses = split_clauses(sentence)
+    first = clauses[0]
+    after = " ".join(clauses[1:])
+    if len(first) <= first_chars:
+        return first, after
+    words = first.split()
+    take = 0
+    length = -1
+    while take < len(words) and length + 1 + len(words[take]) <= first_chars:
+        length += 1 + len(words[take])
+        take += 1
+    take = max(take, 1)
+    while take > 1 and _bare(words[take - 1]) in FUNCTION_WORDS:
+        take -= 1
+    primer = " ".join(words[:take])
+    rest = " ".join([*words[take:], after] if after else words[take:])
+    if not is_speakable(rest):  # only punctuation would be left: keep the clause whole
+        return first + (f" {rest}" if rest else ""), ""
+    return primer, rest
+
+
+def _bare(word: str) -> str:
+    return word.strip("\"'“”‘’()[],;:").lower()
 
 
 def _is_boundary(para: str, start: int, end: int, terminator: str) -> bool:

@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -43,6 +43,8 @@ from kokoro_opt.runtime.voices import VoiceLibrary, style_for
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+    from kokoro_opt.runtime.windowed import SplitModel, WindowChunk, WindowPlan
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class Synthesizer:
         allow_spinning: bool = False,
         session: ort.InferenceSession | None = None,
         timestamps: bool | Literal["auto"] = False,
+        split: str | Path | None = None,
+        window: WindowPlan | None = None,
     ) -> None:
         self.model_path = Path(model)
         self.voices = VoiceLibrary.from_spec(voices)
@@ -151,6 +155,20 @@ class Synthesizer:
         self.max_chars = max_chars
         self.segment_policy = segment_policy or SegmentPolicy()
         self.trim = trim
+        self.split: SplitModel | None = None
+        self.window = window
+        if split is not None:
+            from kokoro_opt.runtime.windowed import SplitModel, WindowPlan
+
+            self.split = SplitModel(split, provider=provider, threads=threads)
+            self.window = window or WindowPlan("whole")
+            if segment_policy is None and self.windowed:  # first audio is fast: no primer
+                self.segment_policy = SegmentPolicy(first="sentence")
+
+    @property
+    def windowed(self) -> bool:
+        """True when segments are rendered in windows (a split model and a windowing plan)."""
+        return self.split is not None and self.window is not None and self.window.stats != "whole"
 
     # -- low level -------------------------------------------------------------------------
 
@@ -180,6 +198,19 @@ class Synthesizer:
             return audio, None
         durations = np.asarray(outputs[1]).reshape(-1)[: len(tokens) + 2]
         return audio, durations
+
+    def infer_windows(
+        self, tokens: list[int], style: np.ndarray, speed: float
+    ) -> Iterator[WindowChunk]:
+        """Raw model audio in windows (`windowed` synthesizers): the front once, then the
+        back window by window (see `runtime.windowed`)."""
+        if self.split is None or self.window is None:
+            raise UserInputError("This synthesizer has no split model: load it with split=DIR.")
+        if not tokens or len(tokens) > MAX_PHONEMES:
+            self.infer(tokens, style, speed)  # raises the same errors as a whole call
+        padded = np.array([[PAD_ID, *tokens, PAD_ID]], np.int64)
+        front = self.split.run_front(padded, style, speed)
+        yield from self.split.stream(front, style, self.window)
 
     def phonemize(
         self,
@@ -342,6 +373,11 @@ class Synthesizer:
         after_pause = False
         spoke = False
         while current is not None:
+            if self.windowed and isinstance(current, _Piece):
+                upcoming, seq = yield from self._windows(current, pack, speed, seq, pieces)
+                current, g2p_ms = upcoming, 0.0
+                after_pause, spoke = False, True
+                continue
             # Look one piece ahead (G2P only, a few ms) so the last chunk is marked as such and a
             # piece before a pause is cut tight.
             t1 = time.perf_counter()
@@ -418,6 +454,52 @@ class Synthesizer:
             if before_pause:
                 hi = min(len(raw), span[1] + edge)
         return lo, hi
+
+    def _windows(
+        self,
+        current: _Piece,
+        pack: np.ndarray,
+        speed: float,
+        seq: int,
+        pieces: Iterator[_Piece | _Gap],
+    ) -> Generator[AudioChunk, None, tuple[_Piece | _Gap | None, int]]:
+        """One AudioChunk per window of one piece; returns the next piece (looked up before
+        the last window is yielded, so `is_last` is right) and the next chunk number. Windowed
+        chunks carry no word timings."""
+        from kokoro_opt.runtime.windowed import finish_chunk
+
+        index, segment, phonemes = current.index, current.text, current.phonemes
+        tokens = tokenize(phonemes)
+        upcoming: _Piece | _Gap | None = None
+        t0 = time.perf_counter()
+        for chunk in self.infer_windows(tokens, style_for(pack, len(tokens)), speed):
+            infer_ms = (time.perf_counter() - t0) * 1e3
+            samples, nonfinite = finish_chunk(
+                chunk,
+                SAMPLE_RATE,
+                lead_s=0.05 if self.trim else 1e9,
+                trail_s=0.3 if self.trim else 1e9,
+            )
+            if chunk.last:
+                upcoming = next(pieces, None)
+            yield AudioChunk(
+                seq=seq,
+                samples=samples,
+                sample_rate=SAMPLE_RATE,
+                text=segment,
+                phonemes=phonemes,
+                is_last=chunk.last and upcoming is None,
+                segment=index,
+                timings={
+                    "g2p_ms": 0.0,
+                    "infer_ms": infer_ms,
+                    "audio_s": len(samples) / SAMPLE_RATE,
+                },
+                nonfinite=nonfinite,
+            )
+            seq += 1
+            t0 = time.perf_counter()
+        return upcoming, seq
 
 
 @dataclass(frozen=True)

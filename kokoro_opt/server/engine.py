@@ -24,6 +24,7 @@ from kokoro_opt.runtime.g2p import get_g2p
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, tokenize
 from kokoro_opt.runtime.voices import VoiceLibrary, style_for
+from kokoro_opt.runtime.windowed import WindowPlan
 from kokoro_opt.server.pool import SessionPool
 from kokoro_opt.store.verify import verified_sha256
 
@@ -75,6 +76,8 @@ class Engine:
         voices: VoiceLibrary | str | Path | None = None,
         model_id: str | None = None,
         timestamps: bool | Literal["auto"] = "auto",
+        split: str | Path | None = None,
+        window: WindowPlan | None = None,
     ) -> Engine:
         """Load `sessions` inference sessions of `model`. `providers` are given to sessions in
         turn (`["cuda", "cpu"]` with 2 sessions: one of each; the first listed is preferred).
@@ -99,6 +102,8 @@ class Engine:
                 provider=providers[i % len(providers)],
                 threads=threads,
                 timestamps=timestamps,
+                split=split,
+                window=window,
             )
             for i in range(sessions)
         ]
@@ -113,6 +118,11 @@ class Engine:
             threads=threads,
             model_sha256=sha256,
         )
+
+    @property
+    def windowed(self) -> bool:
+        """True when segments are rendered in windows (a split model with a windowing plan)."""
+        return self.pool.members[0].synth.windowed
 
     @property
     def providers(self) -> list[str]:
@@ -159,6 +169,9 @@ class Engine:
             for i, tokens in enumerate(token_lists):
                 t1 = time.perf_counter()
                 audio = member.synth.infer(tokens, style_for(pack, len(tokens)), 1.0)
+                if member.synth.windowed:  # the split sessions warm up too
+                    for _ in member.synth.infer_windows(tokens, style_for(pack, len(tokens)), 1.0):
+                        pass
                 if i == len(token_lists) - 1:  # the long input: a fair speed sample
                     infer_s += time.perf_counter() - t1
                     audio_s += len(audio) / SAMPLE_RATE

@@ -31,6 +31,7 @@ import numpy as np
 from kokoro_opt.runtime.audio import speech_span, to_pcm16
 from kokoro_opt.runtime.g2p import get_g2p
 from kokoro_opt.runtime.markup import Item, Pause, Speech, plan
+from kokoro_opt.runtime.segment import FirstSegment
 from kokoro_opt.runtime.synthesizer import PAUSE_EDGE_S, SAMPLE_RATE, Synthesizer, guard_audio
 from kokoro_opt.runtime.timestamps import (
     PhonemeWord,
@@ -42,6 +43,7 @@ from kokoro_opt.runtime.timestamps import (
 )
 from kokoro_opt.runtime.tokenizer import MAX_PHONEMES, split_phonemes, tokenize, vocab
 from kokoro_opt.runtime.voices import style_for
+from kokoro_opt.runtime.windowed import finish_chunk
 from kokoro_opt.server.cache import CacheKey, PrimerCache
 from kokoro_opt.server.encoding import make_encoder, wav_bytes
 from kokoro_opt.server.engine import Engine
@@ -72,6 +74,7 @@ class PipelineConfig:
     """Per-request knobs (from ServerSettings)."""
 
     first_segment_chars: int = 12
+    first_segment: FirstSegment = "clause"
     max_segment_chars: int = 300
     growth: float = 3.0
     queue_size: int = 2
@@ -241,6 +244,8 @@ class SpeechPipeline:
                     first_chars=cfg.first_segment_chars if first else cfg.max_segment_chars,
                     max_chars=cfg.max_segment_chars,
                     growth=cfg.growth,
+                    # after a pause the text goes on: no early primer there
+                    first=cfg.first_segment if first else "sentence",
                 )
 
             steps = await loop.run_in_executor(executor, functools.partial(plan, items, segmenter))
@@ -325,13 +330,16 @@ class SpeechPipeline:
                 if piece is _END or isinstance(piece, BaseException):
                     await self._audio.put(piece)
                     return
-                infer_s = wait_ms = 0.0
-                nonfinite = 0
-                raw_words: tuple[WordTiming, ...] = ()
                 if piece.silence_s is not None:  # a pause: silence, nothing to trim
                     samples = np.zeros(round(piece.silence_s * SAMPLE_RATE), np.float32)
                     await self._deliver(_Audio(piece.index, "", samples, True))
                     continue
+                if piece.cached is None and self.engine.windowed:
+                    await self._infer_windows(piece)
+                    continue
+                infer_s = wait_ms = 0.0
+                nonfinite = 0
+                raw_words: tuple[WordTiming, ...] = ()
                 if piece.cached is not None:
                     samples, cached = piece.cached, True
                     raw_words = piece.cached_words
@@ -387,6 +395,50 @@ class SpeechPipeline:
                 await self._deliver(_Audio(piece.index, piece.text, samples, cached, words))
         except BaseException as exc:
             await self._fail(self._audio, exc)
+
+    async def _infer_windows(self, piece: _Piece) -> None:
+        """Windowed synthesis of one piece: each window's audio goes downstream as soon as it
+        is made (the worker thread hands it to the loop and waits for queue room)."""
+        job, cfg = self.job, self.config
+        loop = asyncio.get_running_loop()
+        tokens = piece.tokens or []
+        style = style_for(job.pack, len(tokens))
+        deadline = (self.first_audio_at or job.arrived) + self.audio_s
+        never = 1e9
+        lead_s = (LEAD_FIRST_S if piece.first else LEAD_S) if cfg.trim_silence else never
+        trail_s = piece.trail_s if cfg.trim_silence else never
+
+        def work(synth: Synthesizer) -> None:
+            t0 = time.perf_counter()
+            for chunk in synth.infer_windows(tokens, style, job.speed):
+                infer_s = time.perf_counter() - t0
+                samples, nonfinite = finish_chunk(
+                    chunk, SAMPLE_RATE, lead_s=lead_s, trail_s=trail_s
+                )
+                if self._closing:
+                    return
+                handoff = asyncio.run_coroutine_threadsafe(
+                    self._window_audio(piece, samples, nonfinite, infer_s), loop
+                )
+                handoff.result(timeout=cfg.timeout_s)
+                t0 = time.perf_counter()
+
+        executor = self.engine.infer_executor
+        if executor is None:
+            raise RuntimeError("the engine is not started: call engine.start() first")
+        await self.engine.pool.run(
+            work, executor=executor, deadline=deadline, timeout=cfg.timeout_s
+        )
+
+    async def _window_audio(
+        self, piece: _Piece, samples: np.ndarray, nonfinite: int, infer_s: float
+    ) -> None:
+        self.compute_s += infer_s
+        self.telemetry.segment(
+            infer_ms=infer_s * 1e3, wait_ms=0.0, nonfinite=nonfinite,
+            audio_s=len(samples) / SAMPLE_RATE,
+        )  # fmt: skip
+        await self._deliver(_Audio(piece.index, piece.text, samples, False))
 
     async def _deliver(self, audio: _Audio) -> None:
         self.audio_s += len(audio.samples) / SAMPLE_RATE

@@ -47,6 +47,9 @@ class ServerSettings:
     trim_silence: bool = True
     self_bench_interval_s: float = 0.0
     first_segment_chars: int = 12
+    first_segment: str | None = None
+    """'clause' (the early primer, cut to first_segment_chars) or 'sentence' (the whole first
+    sentence); None: 'sentence' when synthesis is windowed, else 'clause'."""
     max_segment_chars: int = 300
     growth: float = 3.0
     queue_size: int = 2
@@ -65,6 +68,10 @@ class ServerSettings:
         _at_least("queue_size", self.queue_size, 1)
         _at_least("cache_entries", self.cache_entries, 0)
         _at_least("first_segment_chars", self.first_segment_chars, 4)
+        if self.first_segment not in (None, "clause", "sentence"):
+            raise UserInputError(
+                f"first-segment must be clause or sentence, got {self.first_segment!r}."
+            )
         _at_least("max_segment_chars", self.max_segment_chars, self.first_segment_chars)
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise UserInputError(

@@ -187,8 +187,9 @@ def test_missing_files_are_file_not_found(synthetic_fp32: Path, tmp_path: Path) 
 
 
 def test_a_cache_name_works_as_model_path(synthetic_fp32: Path, kokoro_home: Path) -> None:
-    (kokoro_home / "models").mkdir()
-    shutil.copy(synthetic_fp32, kokoro_home / "models" / "kokoro-cpu-int8.onnx")
+    from kokoro_opt.store.pull import register_model
+
+    register_model(str(synthetic_fp32), "kokoro-cpu-int8")  # as `model pull PATH --name`
     samples, _ = Kokoro("kokoro-cpu-int8", None).create("Hello.", voice="jf_alpha")
     assert len(samples) > 0
 

@@ -350,3 +350,18 @@ def test_code_fingerprint_follows_the_step_imports_only(
     corpus.write_text(corpus.read_text() + "One more sentence.\n")
     assert cache.code_fingerprint(quant) != q_before
     assert cache.code_fingerprint(parts) == changed
+
+
+def test_split_step_writes_the_split_folder(
+    write_recipe: Callable[..., Path], recipe_dir: Path, tmp_path: Path, kokoro_home: Path
+) -> None:
+    from tests.passes.split_graphs import kokoro_anatomy_model
+
+    onnx.save(kokoro_anatomy_model(), recipe_dir / "anatomy.onnx")
+    path = write_recipe("name: windowed\nmodel: anatomy.onnx\nthreads: 1\nsteps:\n  - split\n")
+    result = _run(path, tmp_path)
+    folder = result.run_dir / "split" / "split"
+    meta = json.loads((folder / "split.json").read_text())
+    assert meta["samples_per_frame"] == 16
+    assert meta["source"]["sha256"] == result.manifest["inputs"]["model"]["sha256"]
+    assert (folder / "back.onnx").is_file() and (folder / "generator.onnx").is_file()

@@ -145,3 +145,22 @@ def test_policy_validation() -> None:
         SegmentPolicy(first_max_chars=500, max_chars=100)
     with pytest.raises(ValueError):
         SegmentPolicy(growth=0)
+
+
+def test_first_sentence_whole_for_windowed_synthesis() -> None:
+    text = "Well, that went better than expected. " + HARVARD
+    segments = segment_text(text, policy=SegmentPolicy(first="sentence"))
+    assert segments[0] == "Well, that went better than expected."
+    assert " ".join(segments) == normalize_text(text)
+    with pytest.raises(ValueError):
+        SegmentPolicy(first="word")  # type: ignore[arg-type]
+
+
+def test_the_server_plans_with_the_same_segmenter() -> None:
+    from kokoro_opt.server.segments import plan_segments
+
+    policy = SegmentPolicy(first_max_chars=12, max_chars=300, growth=3.0)
+    text = "The birch canoe slid on the smooth planks. " + HARVARD
+    assert plan_segments(text) == segment_text(text, policy=policy)
+    assert plan_segments(text)[0] == "The birch"
+    assert plan_segments(text, first="sentence")[0] == "The birch canoe slid on the smooth planks."
