@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kokoro_opt.cli.console import console
+from kokoro_opt.measure.executors import EXECUTOR_HELP
 
 if TYPE_CHECKING:
     from kokoro_opt.bench.evaluate import EvalResult
@@ -80,6 +81,7 @@ def eval_models(
             "only the distances to the reference (faster).",
         ),
     ] = True,
+    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "local",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -105,6 +107,7 @@ def eval_models(
         run_dir,
         write_run,
     )
+    from kokoro_opt.measure.executors import check_executor, parse_executor
     from kokoro_opt.quality.asr import MODEL_NAME
     from kokoro_opt.report.meta import collect_run_meta
     from kokoro_opt.runtime.synthesizer import check_speed
@@ -113,6 +116,7 @@ def eval_models(
     created = datetime.now(timezone.utc).astimezone()
     resolved_provider = check_provider(provider)
     check_count(threads, "--threads", minimum=1)
+    check_executor(executor)
     check_speed(speed)
     VoiceLibrary.default().validate(voice)
     corpus = load_corpus(texts, limit)
@@ -140,8 +144,9 @@ def eval_models(
         asr_threads=threads or 2,
         wav_dir=folder / "wav",
     )
-    with progress_bar() as report_progress:
-        result = evaluate(chosen, config, progress=report_progress)
+    with parse_executor(executor) as run, progress_bar() as report_progress:
+        where = run.describe()
+        result = evaluate(chosen, config, executor=run, progress=report_progress)
     meta = collect_run_meta(
         provider=resolved_provider,
         threads=threads,
@@ -156,6 +161,7 @@ def eval_models(
             "segments": "sentences up to 400 characters, no short first segment",
             "f0": True,
             "asr_threads": config.asr_threads,
+            "executor": where,
         },
     )
     report, written = write_run(eval_report(result, entries, meta, run_dir=folder), folder)
