@@ -137,20 +137,17 @@ def _audio_check(
     import numpy as np
     import onnx
 
-    from kokoro_opt.calib.corpus import load_texts
-    from kokoro_opt.calib.feeds import corpus_feeds
+    from kokoro_opt.measure.reference import heldout_feeds, logmel_distances, speak_model
     from kokoro_opt.runtime.contract import ModelContract
-    from kokoro_opt.trials.pin import logmel_distances, speak
 
     contract = ModelContract.from_onnx(onnx.load(str(reference), load_external_data=False))
-    texts = load_texts("heldout")[:sentences]
-    _, feeds = corpus_feeds(
-        texts, contract, count=len(texts), voices=["jf_gongitsune"], speeds=[1.0], progress=report
+    _, feeds = heldout_feeds(
+        contract, sentences, voice="jf_gongitsune", lang="en-us", progress=report
     )
     t0 = time.perf_counter()
-    ref = speak(reference, feeds, contract, threads, report, task="Speaking (FP32)")
+    ref = speak_model(reference, feeds, threads=threads, progress=report, label="Speaking (FP32)")
     t1 = time.perf_counter()
-    half = speak(fp16_path, feeds, contract, threads, report, task="Speaking (FP16)")
+    half = speak_model(fp16_path, feeds, threads=threads, progress=report, label="Speaking (FP16)")
     t2 = time.perf_counter()
     nonfinite = sum(1 for a in half if a.size == 0 or not np.isfinite(a).all())
     dists = logmel_distances(half, ref)

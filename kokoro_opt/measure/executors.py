@@ -85,7 +85,7 @@ class Executor:
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = workers
-        self._shared: dict[str, FileRef] = {}
+        self._shared: dict[str, tuple[tuple[int, int], FileRef]] = {}
 
     def __enter__(self) -> Executor:
         return self
@@ -102,13 +102,15 @@ class Executor:
 
     def share(self, path: Path, sha256: str | None = None) -> FileRef:
         """A reference to `path` that this executor's workers can open."""
-        key = str(Path(path).resolve())
-        if key not in self._shared:
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        known = self._shared.get(str(path))
+        if known is None or known[0] != key:  # a new file, or new content at the same path
             from kokoro_opt.graph.io import sha256_file
 
-            sha = sha256 or sha256_file(Path(path))
-            self._shared[key] = self._ref(Path(path), sha)
-        return self._shared[key]
+            self._shared[str(path)] = (key, self._ref(path, sha256 or sha256_file(path)))
+        return self._shared[str(path)][1]
 
     def _ref(self, path: Path, sha: str) -> FileRef:
         return FileRef(sha256=sha, name=path.name, path=str(path.resolve()))

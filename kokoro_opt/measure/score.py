@@ -143,6 +143,13 @@ def score_feed(task: FeedTask) -> FeedScore:
     )
 
 
+def transcribe_task(item: tuple[np.ndarray, int | None]) -> str:
+    """The ASR's transcript of one rendering (NaN/inf read as silence); item = (audio, threads)."""
+    audio, threads = item
+    text, _ = _transcribe(np.nan_to_num(audio), threads or 2)
+    return text or ""
+
+
 def mean(values: Sequence[float]) -> float:
     """The mean, 0.0 for no values (infinity stays infinity)."""
     return float(np.mean(values)) if len(values) else 0.0

@@ -1,16 +1,20 @@
-"""What a worker keeps between tasks: one ONNX Runtime session (or synthesizer) per model file,
-thread count and session settings. The ASR keeps its own model per thread count
-(`quality.asr`). `clear()` drops them (the local executor calls it when it closes)."""
+"""What a worker keeps between tasks: the ONNX Runtime sessions (or synthesizers) it used last,
+by model content, thread count and session settings (at most `KEEP`, least recently used
+dropped first, so a search over many variants does not pile up sessions). The ASR keeps its
+own model per thread count (`quality.asr`). `clear()` drops them (the local executor calls it
+when it closes)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kokoro_opt.measure.executors import FileRef
     from kokoro_opt.runtime.synthesizer import Synthesizer
 
-_cache: dict[tuple[Any, ...], Any] = {}
+KEEP = 4
+_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
 
 def synthesizer(model: FileRef, *, provider: str = "cpu", threads: int | None) -> Synthesizer:
@@ -19,7 +23,8 @@ def synthesizer(model: FileRef, *, provider: str = "cpu", threads: int | None) -
     if key not in _cache:
         from kokoro_opt.runtime.synthesizer import Synthesizer
 
-        _cache[key] = Synthesizer(model.open(), provider=provider, threads=threads)
+        _keep(key, Synthesizer(model.open(), provider=provider, threads=threads))
+    _cache.move_to_end(key)
     return _cache[key]
 
 
@@ -40,8 +45,15 @@ def session(
         sess = ort.InferenceSession(
             str(model.open()), sess_options=opts, providers=["CPUExecutionProvider"]
         )
-        _cache[key] = (sess, ModelContract.from_session(sess))
+        _keep(key, (sess, ModelContract.from_session(sess)))
+    _cache.move_to_end(key)
     return _cache[key]
+
+
+def _keep(key: tuple[Any, ...], value: Any) -> None:
+    while len(_cache) >= KEEP:
+        _cache.popitem(last=False)
+    _cache[key] = value
 
 
 def clear() -> None:
