@@ -125,7 +125,3 @@ def link_tree(src: Path, dst: Path) -> list[Path]:
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         made.append(link_or_copy(path, dst / path.relative_to(src)))
     return made
-
-
-def tree_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

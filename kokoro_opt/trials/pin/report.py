@@ -131,7 +131,11 @@ def _notes(result: SearchResult) -> list[str]:
     if result.confirm is not None:
         checked = "; ".join(
             f"{s.name} log-mel {s.confirmation['logmel']:.3f}"
-            + ("" if s.confirmation["wer"] is None else f", WER {s.confirmation['wer'] * 100:.1f} %")
+            + (
+                ""
+                if s.confirmation["wer"] is None
+                else f", WER {s.confirmation['wer'] * 100:.1f} %"
+            )
             + (" holds" if s.confirmation["meets"] else " fails")
             for s in result.steps
             if s.confirmation
