@@ -19,7 +19,6 @@ from kokoro_opt.cli._artifacts import (
     check_output_file,
     mb,
     progress_bar,
-    versions,
     write_json_atomic,
 )
 from kokoro_opt.cli.console import console, err_console
@@ -75,12 +74,10 @@ def fp16(
     ] = False,
 ) -> None:
     """Convert MODEL to FP16 (weights and compute), keeping I/O float32 and hazards FP32."""
-    import onnx
-
     from kokoro_opt.errors import UserInputError
-    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
     from kokoro_opt.passes import fp16 as pass_
     from kokoro_opt.passes.base import PassContext
+    from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.store import resolve_model
 
     if threads < 1 or sentences < 1:
@@ -89,33 +86,15 @@ def fp16(
     config = pass_.build_config({"keep_fp32": patterns, "keep_fp32_ops": list(keep_fp32_op or [])})
     model_path = resolve_model(model)
     out = check_output_file(output, model_path, what="fp16")
-    start = time.perf_counter()
-    with err_console.status(f"Loading {model_path.name} ..."):
-        source = load_model(model_path)
-        input_sha = sha256_file(model_path)
     with progress_bar() as report, tempfile.TemporaryDirectory(prefix="kokoro-opt-fp16-") as tmp:
         ctx = PassContext(work_dir=Path(tmp), progress=report, threads=threads)
-        result = pass_.run(source, config, ctx)
-        onnx.checker.check_model(result.model)
-        save_model_atomic(result.model, out)
+        manifest = apply_pass(pass_, config, model_path, out, ctx=ctx, command="fp16")
+        _checked(out)
+        manifest["checker"] = "passed"
         audio = _audio_check(model_path, out, sentences, threads, report) if check_audio else None
-    elapsed = time.perf_counter() - start
-    manifest = {
-        "command": "fp16",
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "settings": config.model_dump(),
-        "checker": "passed",
-        "audio_check": audio,
-        "versions": versions(),
-        "elapsed_s": round(elapsed, 3),
-        "details": result.details,
-    }
+        manifest["audio_check"] = audio
     write_json_atomic(out.with_name(out.name + ".json"), manifest)
-    for pattern in result.details["unmatched_patterns"]:
+    for pattern in manifest["details"]["unmatched_patterns"]:
         err_console.print(f"[yellow]warning:[/] --keep-fp32 pattern {pattern!r} matched no node")
     if json_output:
         console.print_json(json.dumps(manifest, default=str))
@@ -128,6 +107,18 @@ def fp16(
             "in FP32 with --keep-fp32."
         )
         raise typer.Exit(1)
+
+
+def _checked(out: Path) -> None:
+    """onnx.checker on the written model; a model that fails it is removed with its manifest."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(out))
+    except onnx.checker.ValidationError:
+        out.unlink(missing_ok=True)
+        out.with_name(out.name + ".json").unlink(missing_ok=True)
+        raise
 
 
 def _audio_check(

@@ -196,6 +196,7 @@ def apply(
     from kokoro_opt.passes import pin as pin_pass
     from kokoro_opt.passes.base import PassContext
     from kokoro_opt.passes.quantize_static import check_float_model
+    from kokoro_opt.recipe.artifacts import apply_pass, pin_ranges
 
     if precision not in ("fp32", "fp16"):
         raise UserInputError(
@@ -217,7 +218,6 @@ def apply(
     model_path = _resolve(model)
     _check_threads(threads)
     out = check_output_file(output, model_path, what="pinned")
-    start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} ..."):
         source = load_model(model_path)
         check_float_model(source)
@@ -235,11 +235,11 @@ def apply(
         if ranges is not None:
             ranges, reused = pin_pass.check_ranges_file(ranges), True
         else:
-            ranges, reused = pin_pass.calibrated_ranges(
-                model_path, config, ctx, cache_folder=_cache() / "ranges", model_sha256=input_sha
-            )
-        result = pin_pass.run(source, config, ctx, ranges_path=ranges)
-        save_model_atomic(result.model, out)
+            ranges, reused = pin_ranges(model_path, config, ctx, source_sha256=input_sha)
+        manifest = apply_pass(
+            pin_pass, config, model_path, out, ctx=ctx, command="pin apply",
+            source_sha256=input_sha, run_options={"ranges_path": ranges},
+        )  # fmt: skip
         fp16_timing = None
         if precision == "fp16" and measure and kept:
             fp32_config = config.model_copy(update={"precision": "fp32"})
@@ -248,22 +248,8 @@ def apply(
             save_model_atomic(fp32_pinned.model, fp32_path)
             del fp32_pinned
             fp16_timing = _fp16_cost(model_path, fp32_path, out, threads, report)
-    elapsed = time.perf_counter() - start
-    details = result.details
-    manifest = {
-        "command": "pin apply",
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "settings": config.model_dump(),
-        "calibration": {"ranges": str(ranges), "reused": reused},
-        "fp16_cpu_timing": fp16_timing,
-        "versions": versions(),
-        "elapsed_s": round(elapsed, 3),
-        "details": details,
-    }
+    manifest["calibration"] = {"ranges": str(ranges), "reused": reused}
+    manifest["fp16_cpu_timing"] = fp16_timing
     write_json_atomic(out.with_name(out.name + ".json"), manifest)
     if json_output:
         console.print_json(json.dumps(manifest, default=_json_default))
