@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,13 +123,19 @@ class Executor:
         progress: ProgressCallback | None = None,
         label: str = "Measuring",
     ) -> list[R]:
-        """`fn(task)` for every task, results in the order of `tasks`."""
-        out = []
-        for i, task in enumerate(tasks):
-            out.append(fn(task))
+        """`fn(task)` for every task, results in the order of `tasks`; `progress(label, done,
+        total)` after each task finishes, in whatever order they finish."""
+        out: list[Any] = [None] * len(tasks)
+        for done, (index, result) in enumerate(self._completed(fn, tasks), start=1):
+            out[index] = result
             if progress:
-                progress(label, i + 1, len(tasks))
+                progress(label, done, len(tasks))
         return out
+
+    def _completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        """(index, result) of each task as it finishes."""
+        for i, task in enumerate(tasks):
+            yield i, fn(task)
 
     def close(self) -> None:
         from kokoro_opt.measure import workers
@@ -152,14 +158,7 @@ class ProcessExecutor(Executor):
     def task_threads(self, requested: int | None) -> int | None:
         return max(1, (requested or _cores()) // self.workers)
 
-    def map(
-        self,
-        fn: Callable[[T], R],
-        tasks: Sequence[T],
-        *,
-        progress: ProgressCallback | None = None,
-        label: str = "Measuring",
-    ) -> list[R]:
+    def _completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
         import concurrent.futures as cf
         import multiprocessing
 
@@ -168,12 +167,8 @@ class ProcessExecutor(Executor):
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
             )
         futures = {self._pool.submit(fn, task): i for i, task in enumerate(tasks)}
-        out: list[Any] = [None] * len(tasks)
-        for done, future in enumerate(cf.as_completed(futures), start=1):
-            out[futures[future]] = future.result()
-            if progress:
-                progress(label, done, len(tasks))
-        return out
+        for future in cf.as_completed(futures):
+            yield futures[future], future.result()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -195,6 +190,10 @@ class RayExecutor(Executor):
             ) from None
         self.address = address
         if not ray.is_initialized():
+            if address is None:
+                # Ray nices task workers to 15; on a shared machine they would then starve
+                # behind everything else, while measuring is the job here.
+                os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(
                 address=address,
                 include_dashboard=False,
@@ -216,29 +215,20 @@ class RayExecutor(Executor):
 
         return FileRef(sha256=sha, name=path.name, blob=ray.put(path.read_bytes()))
 
-    def map(
-        self,
-        fn: Callable[[T], R],
-        tasks: Sequence[T],
-        *,
-        progress: ProgressCallback | None = None,
-        label: str = "Measuring",
-    ) -> list[R]:
+    def _completed(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
         import ray
 
         if not tasks:
-            return []
+            return
         cpus = getattr(tasks[0], "threads", None) or 1
         key = (fn, cpus)
         if key not in self._remote:
             self._remote[key] = ray.remote(num_cpus=min(cpus, self.workers))(fn)
-        refs = [self._remote[key].remote(task) for task in tasks]
+        refs = {self._remote[key].remote(task): i for i, task in enumerate(tasks)}
         pending = list(refs)
         while pending:
-            _, pending = ray.wait(pending, num_returns=1)
-            if progress:
-                progress(label, len(refs) - len(pending), len(refs))
-        return list(ray.get(refs))
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield refs[ready[0]], ray.get(ready[0])
 
     def close(self) -> None:
         import ray

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -71,33 +71,43 @@ def heldout_feeds(
     )
 
 
+class ReferenceSource(Protocol):
+    """The reference model and where its reference sets are cached (`trials.pin.Prepared`)."""
+
+    model_path: Path
+    sha256: str
+    contract: Any
+    cache_folder: Path
+    threads: int
+
+
 def reference_set(
-    model: Path,
-    sha256: str,
-    contract: Any,
+    source: ReferenceSource,
     count: int,
     *,
-    cache_folder: Path,
-    threads: int,
     voice: str = "jf_gongitsune",
     lang: str = "en-us",
     wer: bool = False,
     executor: Executor | None = None,
     progress: ProgressCallback | None = None,
 ) -> ReferenceSet:
-    """The first `count` held-out sentences and `model`'s audio for them (and its transcripts
-    and WER with `wer`), cached by the model's sha256 and the inputs."""
-    samples, feeds = heldout_feeds(contract, count, voice=voice, lang=lang, progress=progress)
-    digest = hashlib.sha256(sha256.encode())
+    """The first `count` held-out sentences and the source model's audio for them (and its
+    transcripts and WER with `wer`), cached under `source.cache_folder` by the model's sha256
+    and the inputs."""
+    threads = source.threads
+    samples, feeds = heldout_feeds(
+        source.contract, count, voice=voice, lang=lang, progress=progress
+    )
+    digest = hashlib.sha256(source.sha256.encode())
     for feed in feeds:
         for key in sorted(feed):
             digest.update(key.encode())
             digest.update(np.ascontiguousarray(feed[key]).tobytes())
-    cache = cache_folder / "reference" / f"{digest.hexdigest()[:24]}.npz"
+    cache = source.cache_folder / "reference" / f"{digest.hexdigest()[:24]}.npz"
     audio = _load_npz(cache, len(feeds))
     if audio is None:
         audio = speak_model(
-            model, feeds, threads=threads, executor=executor, progress=progress, label="Speaking"
+            source.model_path, feeds, threads=threads, executor=executor, progress=progress
         )
         _save_npz(cache, {f"a{i}": a for i, a in enumerate(audio)})
     held = ReferenceSet(

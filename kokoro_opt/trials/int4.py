@@ -434,7 +434,6 @@ def build_report(
     from kokoro_opt.report.meta import collect_run_meta
     from kokoro_opt.report.schema import (
         Comparison,
-        ModelEntry,
         QualityMetrics,
         Report,
     )
@@ -455,29 +454,12 @@ def build_report(
             duration_ratio=None if is_ref else m.duration_ratio,
             asr_seconds=m.asr_s if settings.wer else None,
         )
-        entries.append(
-            ModelEntry(
-                name=name,
-                path=m.path,
-                sha256=m.sha256,
-                size_bytes=m.size_bytes,
-                quant_style=m.quant_style,
-                quality=quality,
-            )
-        )
+        entries.append(_entry(name, m, quality))
         rows.extend(_utterance_rows(name, m, texts, is_ref))
         for mode, speedup in m.speedup.items():
             entry_name = name if mode == "runtime" else f"{name}{FOLDED}"
             if mode != "runtime":
-                entries.append(
-                    ModelEntry(
-                        name=entry_name,
-                        path=m.path,
-                        sha256=m.sha256,
-                        size_bytes=m.size_bytes,
-                        quant_style=m.quant_style,
-                    )
-                )
+                entries.append(_entry(entry_name, m))
             comparisons.append(
                 Comparison(
                     model=entry_name,
@@ -511,7 +493,20 @@ def build_report(
         utterances=rows,
         comparisons=comparisons,
         tradeoff=tradeoff,
-        notes=verdict_notes(evaluation, built, recommendation, settings),
+        notes=verdict_notes(evaluation, recommendation, settings),
+    )
+
+
+def _entry(name: str, m: Measured, quality: Any = None) -> Any:
+    from kokoro_opt.report.schema import ModelEntry
+
+    return ModelEntry(
+        name=name,
+        path=m.path,
+        sha256=m.sha256,
+        size_bytes=m.size_bytes,
+        quant_style=m.quant_style,
+        quality=quality,
     )
 
 
@@ -572,10 +567,7 @@ def _tradeoff(steps: list[Any], recommendation: dict[str, Any], settings: TrialS
 
 
 def verdict_notes(
-    evaluation: dict[str, Any],
-    built: dict[str, dict[str, Any]],
-    recommendation: dict[str, Any],
-    settings: TrialSettings,
+    evaluation: dict[str, Any], recommendation: dict[str, Any], settings: TrialSettings
 ) -> list[str]:
     """The recommendation and the caveats, in plain words."""
     models: dict[str, Measured] = evaluation["models"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kokoro_opt.errors import UserInputError
+from kokoro_opt.measure.reference import reference_set
 from kokoro_opt.passes import pin
 from kokoro_opt.trials import pin as trial
 
@@ -128,7 +129,7 @@ def test_a_step_counts_only_if_it_holds_on_the_confirmation_set(
     full = trial.build_variant(prepared, list(prepared.groups), tmp_path / "full.onnx")
     mean = {}
     for k in range(1, 5):
-        held = trial.heldout_sentences(prepared, k)
+        held = reference_set(prepared, k)
         dists, _ = trial.measure_variant(prepared, full, held)
         mean[k] = sum(dists) / k
     pairs = [(n, m) for n in mean for m in mean if n < m and mean[n] < mean[m] - 1e-3]

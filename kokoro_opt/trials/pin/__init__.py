@@ -6,7 +6,6 @@ from kokoro_opt.trials.pin.analysis import GroupSensitivity, analyze
 from kokoro_opt.trials.pin.prepare import (
     Prepared,
     build_variant,
-    heldout_sentences,
     measure_variant,
     prepare,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "analyze",
     "build_variant",
     "greedy",
-    "heldout_sentences",
     "measure_variant",
     "meets_budget",
     "parse_budget",

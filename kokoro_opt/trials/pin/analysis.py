@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kokoro_opt.measure.reference import reference_set
 from kokoro_opt.measure.score import mean
 from kokoro_opt.trials.pin.prepare import (
     Prepared,
     ProgressCallback,
     build_variant,
-    heldout_sentences,
     measure_variant,
     no_progress,
 )
@@ -72,7 +72,7 @@ def analyze(
     report = progress or no_progress
     start = time.perf_counter()
     names = list(groups) if groups else list(prepared.groups)
-    held = heldout_sentences(
+    held = reference_set(
         prepared, sentences, voice=voice, lang=lang, executor=executor, progress=report
     )
     shares, op_shares = time_shares(prepared, held.feeds[:1], report)

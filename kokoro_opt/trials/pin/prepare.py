@@ -120,35 +120,6 @@ def build_variant(prepared: Prepared, quantized: Sequence[str], out_path: Path) 
     )
 
 
-def heldout_sentences(
-    prepared: Prepared,
-    count: int,
-    *,
-    voice: str = "jf_gongitsune",
-    lang: str = "en-us",
-    wer: bool = False,
-    executor: Executor | None = None,
-    progress: ProgressCallback | None = None,
-) -> ReferenceSet:
-    """The first `count` held-out sentences and the FP32 model's audio (and transcripts with
-    `wer`) for them, cached under the cache folder by model sha256 and inputs."""
-    from kokoro_opt.measure.reference import reference_set
-
-    return reference_set(
-        prepared.model_path,
-        prepared.sha256,
-        prepared.contract,
-        count,
-        cache_folder=prepared.cache_folder,
-        threads=prepared.threads,
-        voice=voice,
-        lang=lang,
-        wer=wer,
-        executor=executor,
-        progress=progress,
-    )
-
-
 def measure_variant(
     prepared: Prepared,
     path: Path,

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kokoro_opt.errors import UserInputError
+from kokoro_opt.measure.reference import reference_set
 from kokoro_opt.measure.score import mean
 from kokoro_opt.trials.pin.prepare import (
     Prepared,
     ProgressCallback,
     build_variant,
-    heldout_sentences,
     measure_variant,
     no_progress,
     speed_against_fp32,
@@ -327,7 +327,7 @@ def search(
         raise UserInputError(f"Unknown group(s) in the search order: {', '.join(unknown)}.")
 
     def screen(count: int) -> Screen:
-        held = heldout_sentences(
+        held = reference_set(
             prepared,
             count,
             voice=voice,
