@@ -191,9 +191,13 @@ class RayExecutor(Executor):
         self.address = address
         if not ray.is_initialized():
             if address is None:
-                # Ray nices task workers to 15; on a shared machine they would then starve
-                # behind everything else, while measuring is the job here.
+                # On a cluster started for this run: Ray nices task workers to 15 (on a shared
+                # machine they would starve behind everything else, while measuring is the job
+                # here), and its memory monitor kills tasks when the whole machine is above
+                # 95 % memory, other people's processes included (the kernel's OOM killer
+                # still guards the machine).
                 os.environ.setdefault("RAY_worker_niceness", "0")
+                os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
             ray.init(
                 address=address,
                 include_dashboard=False,
