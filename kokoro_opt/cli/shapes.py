@@ -20,7 +20,6 @@ from kokoro_opt.cli._artifacts import (
     check_writable_dir,
     mb,
     progress_bar,
-    versions,
     write_json_atomic,
 )
 from kokoro_opt.cli.console import console, err_console
@@ -78,9 +77,10 @@ def bind(
 ) -> None:
     """Write one static-shape model per token bucket, plus the index the runtime reads."""
     from kokoro_opt.errors import UserInputError
-    from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
+    from kokoro_opt.graph.io import sha256_file
     from kokoro_opt.passes import static_shapes
     from kokoro_opt.passes.base import PassContext
+    from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.runtime.buckets import Bucket, write_index
     from kokoro_opt.store import resolve_model
 
@@ -96,9 +96,7 @@ def bind(
     check_writable_dir(folder)
 
     start = time.perf_counter()
-    with err_console.status(f"Loading {model_path.name} ..."):
-        source = load_model(model_path)
-        input_sha = sha256_file(model_path)
+    input_sha = sha256_file(model_path)
     rows: list[dict[str, Any]] = []
     made: list[Bucket] = []
     stem = model_path.name.removesuffix(".onnx")
@@ -107,36 +105,27 @@ def bind(
         for i, t in enumerate(buckets):
             report("binding buckets", i, len(buckets))
             config = static_shapes.Config(tokens=t, length_mask=length_mask, simplify=simplify)
-            began = time.perf_counter()
-            result = static_shapes.run(source, config, ctx)
             out = folder / f"{stem}.t{t}.onnx"
-            save_model_atomic(result.model, out)
-            masked = bool(result.details["length_mask"]["applied"])
+            manifest = apply_pass(
+                static_shapes, config, model_path, out, ctx=ctx, command="shapes bind",
+                source_sha256=input_sha,
+            )  # fmt: skip
+            masked = bool(manifest["details"]["length_mask"]["applied"])
             row: dict[str, Any] = {
                 "tokens": t,
                 "file": out.name,
-                "bytes": out.stat().st_size,
+                "bytes": manifest["output_bytes"],
                 "length_mask": masked,
-                "details": result.details,
-                "elapsed_s": round(time.perf_counter() - began, 3),
+                "details": manifest["details"],
+                "elapsed_s": manifest["elapsed_s"],
             }
             if check:
-                row["audio_check"] = _check(model_path, out, t, threads)
+                row["audio_check"] = manifest["audio_check"] = _check(model_path, out, t, threads)
             if measure:
-                row["latency"] = _measure(model_path, out, t, runs, threads, report)
-            write_json_atomic(
-                out.with_name(out.name + ".json"),
-                {
-                    "command": "shapes bind",
-                    "input": str(model_path),
-                    "input_sha256": input_sha,
-                    "output": str(out),
-                    "output_sha256": sha256_file(out),
-                    "settings": config.model_dump(mode="json"),
-                    "versions": versions(),
-                    **{k: v for k, v in row.items() if k not in ("file",)},
-                },
-            )
+                row["latency"] = manifest["latency"] = _measure(
+                    model_path, out, t, runs, threads, report
+                )
+            write_json_atomic(out.with_name(out.name + ".json"), manifest)
             made.append(Bucket(t, out, masked))
             rows.append(row)
         report("binding buckets", len(buckets), len(buckets))

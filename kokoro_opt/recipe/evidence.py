@@ -115,7 +115,11 @@ def run_eval(inp: StepInput) -> StepOutput:
         f0=options.f0,
         wav_dir=wav_dir,
     )
-    result = evaluate(models, config, progress=inp.ctx.progress)
+    from kokoro_opt.measure.executors import parse_executor
+
+    with parse_executor(inp.recipe.executor) as executor:
+        where = executor.describe()
+        result = evaluate(models, config, executor=executor, progress=inp.ctx.progress)
     meta = collect_run_meta(
         provider=options.provider,
         threads=inp.ctx.threads,
@@ -126,7 +130,12 @@ def run_eval(inp: StepInput) -> StepOutput:
         speed=options.speed,
         texts=options.texts_label(),
         asr_model=MODEL_NAME if options.asr else None,
-        settings={"recipe": inp.recipe.name, "step": inp.step.id, "f0": options.f0},
+        settings={
+            "recipe": inp.recipe.name,
+            "step": inp.step.id,
+            "f0": options.f0,
+            "executor": where,
+        },
     )
     report = eval_report(result, entries, meta, run_dir=inp.staging)
     save_report(report, inp.staging)

@@ -77,8 +77,24 @@ class RecipeHeader(BaseModel):
         default=None, min_length=1, description="The model evidence compares with; default: model."
     )
     threads: int = Field(default=2, ge=1, le=256, description="Intra-op threads for every step.")
+    executor: str = Field(
+        default="local",
+        description="Where eval's measuring tasks run: local, processes[:N] or ray[:ADDRESS] "
+        "(results are the same; timing always runs on this machine).",
+    )
     steps: list[Any] = Field(min_length=1)
     outputs: Outputs = Field(default_factory=Outputs)
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, value: str) -> str:
+        from kokoro_opt.errors import UserInputError
+        from kokoro_opt.measure.executors import check_executor
+
+        try:
+            return check_executor(value)
+        except UserInputError as exc:
+            raise ValueError(str(exc).removeprefix("--executor ").rstrip(".")) from None
 
 
 @dataclass
@@ -110,6 +126,7 @@ class Recipe:
     path: Path
     text: str
     sha256: str
+    executor: str = "local"
 
     @property
     def folder(self) -> Path:
@@ -124,6 +141,7 @@ class Recipe:
             "model": self.model,
             "reference": self.reference or self.model,
             "threads": self.threads,
+            "executor": self.executor,
             "steps": [
                 {"id": s.id, "kind": s.kind, "options": s.config.model_dump(mode="json")}
                 for s in self.steps
@@ -230,6 +248,7 @@ def parse_recipe(text: str, *, source: str | Path, sha256: str | None = None) ->
         path=source.absolute(),
         text=text,
         sha256=sha256 or hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        executor=header.executor,
     )
 
 

@@ -189,7 +189,9 @@ def run_pull(inp: StepInput) -> StepOutput:
     return StepOutput(summary={"models": {name: str(path) for name, path in paths.items()}})
 
 
-def run_transform(module_name: str) -> Callable[[StepInput], StepOutput]:
+def run_transform(
+    module_name: str, *, run_options: dict[str, Any] | None = None
+) -> Callable[[StepInput], StepOutput]:
     """A model step: the pass module's `run` through `apply_pass` (as its CLI command)."""
 
     def execute(inp: StepInput) -> StepOutput:
@@ -207,6 +209,7 @@ def run_transform(module_name: str) -> Callable[[StepInput], StepOutput]:
             ctx=inp.ctx,
             command=f"run {inp.recipe.name} ({inp.step.id})",
             source_sha256=inp.model.sha256,
+            run_options=run_options,
         )
         details = manifest["details"]
         summary: dict[str, Any] = {
@@ -439,7 +442,13 @@ STEP_KINDS: dict[str, StepKind] = {
 
 
 def run_pin(inp: StepInput) -> StepOutput:
-    return run_transform("kokoro_opt.passes.pin")(inp)
+    """The pin pass on the calibration cache `kokoro-opt pin apply` uses (calibrated once)."""
+    from kokoro_opt.recipe.artifacts import pin_ranges
+
+    if inp.model is None:
+        raise RuntimeError("pin ran without an input model")
+    ranges, _ = pin_ranges(inp.model.path, inp.step.config, inp.ctx, source_sha256=inp.model.sha256)
+    return run_transform("kokoro_opt.passes.pin", run_options={"ranges_path": ranges})(inp)
 
 
 def run_fp16(inp: StepInput) -> StepOutput:

@@ -11,6 +11,9 @@ import numpy as np
 
 from kokoro_opt.errors import UserInputError
 
+SAMPLE_RATE = 24000
+"""Kokoro's output rate (Hz): every model this tool handles speaks at 24 kHz."""
+
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:
     """float samples in [-1, 1] -> int16 (clipped; NaN becomes 0)."""

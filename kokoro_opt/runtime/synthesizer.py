@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from kokoro_opt.errors import ModelFormatError, TextError, UserInputError
-from kokoro_opt.runtime.audio import silence_bounds, speech_span, trim_silence
+from kokoro_opt.runtime.audio import SAMPLE_RATE, silence_bounds, speech_span, trim_silence
 from kokoro_opt.runtime.contract import ModelContract
 from kokoro_opt.runtime.g2p import G2P, get_g2p, normalize_lang
 from kokoro_opt.runtime.markup import Lexicon, Pause, parse_markup, plan
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
 MAX_TEXT_CHARS = 10_000
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0

@@ -26,16 +26,23 @@ import hashlib
 import json
 import logging
 import math
+import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kokoro_opt.errors import UserInputError
+from kokoro_opt.measure.reference import read_json, write_json
+from kokoro_opt.measure.score import mean
+from kokoro_opt.runtime.audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from kokoro_opt.measure.executors import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +172,10 @@ def run_trial(
     settings: TrialSettings | None = None,
     progress: ProgressCallback | None = None,
     command: list[str] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Build, measure and compare; writes models/, cache/ and the report into `out_dir`.
+    Fidelity runs on `executor` (default: this process); timing always here.
 
     Returns {"report": Report, "recommendation": dict, "paths": {...}}."""
     settings = settings or TrialSettings()
@@ -180,7 +189,9 @@ def run_trial(
     models: dict[str, Path] = {REFERENCE: Path(reference)}
     models.update({name: info["path"] for name, info in built.items()})
     models.update({name: Path(p) for name, p in settings.compare.items()})
-    evaluation = evaluate_models(models, out_dir / "cache", settings, report_progress)
+    evaluation = evaluate_models(
+        models, out_dir / "cache", settings, report_progress, executor=executor
+    )
     recommendation = recommend(evaluation, built, settings)
     report = build_report(evaluation, built, recommendation, settings, command)
     from kokoro_opt.report.render import write_report_dir
@@ -218,7 +229,7 @@ def build_variants(
         path = models_dir / f"{variant.name}.onnx"
         manifest_path = path.with_suffix(".json")
         settings_json = config.model_dump(mode="json")
-        manifest = _read_json(manifest_path)
+        manifest = read_json(manifest_path)
         if (
             path.is_file()
             and manifest
@@ -300,84 +311,57 @@ def evaluate_models(
     cache_dir: Path,
     settings: TrialSettings,
     progress: ProgressCallback,
+    *,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Measure every model against the first (the FP32 reference)."""
+    """Measure every model against the first (the FP32 reference): fidelity on `executor`
+    (one task per sentence), speed serially here, interleaved with FP32."""
     import onnx
 
-    from kokoro_opt.calib.corpus import load_texts
-    from kokoro_opt.calib.feeds import corpus_feeds
-    from kokoro_opt.graph.inspect import detect_quant_style
     from kokoro_opt.graph.io import sha256_file
+    from kokoro_opt.measure.executors import Executor
+    from kokoro_opt.measure.reference import ReferenceSet, heldout_feeds, speak_model
     from kokoro_opt.runtime.contract import ModelContract
 
     ref_name, ref_path = next(iter(models.items()))
-    ref_model = onnx.load(str(ref_path), load_external_data=False)
-    contract = ModelContract.from_onnx(ref_model)
-    texts = load_texts("heldout")[: settings.sentences]
-    samples, feeds = corpus_feeds(
-        texts,
-        contract,
-        count=len(texts),
-        voices=[settings.voice],
-        speeds=[1.0],
-        seed=0,
-        lang=settings.lang,
-        source="the held-out split",
-        progress=progress,
+    contract = ModelContract.from_onnx(onnx.load(str(ref_path), load_external_data=False))
+    samples, feeds = heldout_feeds(
+        contract, settings.sentences, voice=settings.voice, lang=settings.lang, progress=progress
     )
     order = sorted(range(len(samples)), key=lambda i: samples[i].n_phonemes)
     picks = np.linspace(0, len(order) - 1, settings.timing_texts).round().astype(int)
     timing = [order[i] for i in sorted(set(picks.tolist()))]
     key = json.dumps(settings.key(), sort_keys=True)
-
     ref_sha = sha256_file(ref_path)
-    reference: dict[str, Any] = {}
+    run = executor or Executor()
+    held: list[ReferenceSet] = []  # made the first time a model needs measuring
 
-    def ref_run() -> tuple[Any, list[np.ndarray]]:
-        """The FP32 session and audio, made the first time a model needs measuring."""
-        if not reference:
-            reference["session"] = _session(ref_path, settings.threads)
-            reference["audio"] = [_infer(reference["session"], contract, f) for f in feeds]
-        return reference["session"], reference["audio"]
+    def reference() -> ReferenceSet:
+        if not held:
+            audio = speak_model(ref_path, feeds, threads=settings.threads, executor=run)
+            texts = [s.text for s in samples]
+            held.append(ReferenceSet(texts, feeds, [s.n_phonemes for s in samples], audio))
+        return held[0]
 
     results: dict[str, Measured] = {}
-    for index, (name, path) in enumerate(models.items()):
-        progress(f"Measuring {name}", index, len(models))
-        sha = sha256_file(path)
-        cache = cache_dir / f"{name}.json"
-        cached = _read_json(cache)
-        if (
-            cached
-            and cached.get("sha256") == sha
-            and cached.get("reference_sha256") == ref_sha
-            and cached.get("key") == key
-        ):
-            results[name] = Measured(**cached["measured"])
-            continue
-        ref_session, ref_audio = ref_run()
-        proto = onnx.load(str(path), load_external_data=False)
-        style, _ = detect_quant_style(proto)
-        has_dq = _has_weight_dq(proto)
-        del proto
-        session = ref_session if name == ref_name else _session(path, settings.threads)
-        audio = ref_audio if name == ref_name else [_infer(session, contract, f) for f in feeds]
-        measured = _fidelity(name, path, sha, style, has_dq, audio, ref_audio, samples, settings)
-        measured.nonfinite = int(sum(int((~np.isfinite(a)).sum()) for a in audio))
-        if name != ref_name:
-            modes = {"runtime": session}
-            if has_dq:
-                from kokoro_opt.passes.int4 import FOLD_SESSION_CONFIG
-
-                modes["folded"] = _session(path, settings.threads, FOLD_SESSION_CONFIG)
-            for mode, sess in modes.items():
-                lat, ref_lat = _interleaved(sess, ref_session, contract, feeds, timing, settings)
-                measured.latency_ms[mode] = lat
-                measured.reference_latency_ms[mode] = ref_lat
-                measured.speedup[mode] = _speedup(ref_lat, lat)
-            del modes, session
-        record = {"sha256": sha, "reference_sha256": ref_sha, "key": key}
-        _write_json(cache, {**record, "measured": asdict(measured)})
-        results[name] = measured
+    try:
+        for index, (name, path) in enumerate(models.items()):
+            progress(f"Measuring {name}", index, len(models))
+            sha = sha256_file(path)
+            cache = cache_dir / f"{name}.json"
+            cached = read_json(cache)
+            record = {"sha256": sha, "reference_sha256": ref_sha, "key": key}
+            if cached and all(cached.get(k) == v for k, v in record.items()):
+                results[name] = Measured(**cached["measured"])
+                continue
+            measured = _measure_one(name, path, sha, reference(), settings, run, progress)
+            if name != ref_name:
+                _time_one(measured, path, ref_path, contract, feeds, timing, settings)
+            write_json(cache, {**record, "measured": asdict(measured)})
+            results[name] = measured
+    finally:
+        if executor is None:
+            run.close()
     progress("Measuring", len(models), len(models))
     return {
         "reference": ref_name,
@@ -385,6 +369,7 @@ def evaluate_models(
         "texts": [s.text for s in samples],
         "phonemes": [s.n_phonemes for s in samples],
         "timing": timing,
+        "timing_host": socket.gethostname(),
     }
 
 
@@ -449,12 +434,8 @@ def build_report(
     from kokoro_opt.report.meta import collect_run_meta
     from kokoro_opt.report.schema import (
         Comparison,
-        ModelEntry,
         QualityMetrics,
         Report,
-        Tradeoff,
-        TradeoffStep,
-        UtteranceRow,
     )
 
     models: dict[str, Measured] = evaluation["models"]
@@ -468,46 +449,17 @@ def build_report(
             reference=None if is_ref else ref_name,
             wer=m.wer,
             cer=m.cer,
-            logmel_distance=None if is_ref else _mean(m.logmel),
-            mcd_db=None if is_ref else _mean(m.mcd),
+            logmel_distance=None if is_ref else mean(m.logmel),
+            mcd_db=None if is_ref else mean(m.mcd),
             duration_ratio=None if is_ref else m.duration_ratio,
             asr_seconds=m.asr_s if settings.wer else None,
         )
-        entries.append(
-            ModelEntry(
-                name=name,
-                path=m.path,
-                sha256=m.sha256,
-                size_bytes=m.size_bytes,
-                quant_style=m.quant_style,
-                quality=quality,
-            )
-        )
-        for i, text in enumerate(texts):
-            rows.append(
-                UtteranceRow(
-                    model=name,
-                    utterance_id=f"h{i:02d}",
-                    text=text,
-                    audio_s=m.audio_s[i],
-                    wer=m.utterance_wer[i] if m.utterance_wer else None,
-                    logmel_distance=None if is_ref else m.logmel[i],
-                    mcd_db=None if is_ref else m.mcd[i],
-                    transcript=m.transcripts[i] if m.transcripts else None,
-                )
-            )
+        entries.append(_entry(name, m, quality))
+        rows.extend(_utterance_rows(name, m, texts, is_ref))
         for mode, speedup in m.speedup.items():
             entry_name = name if mode == "runtime" else f"{name}{FOLDED}"
             if mode != "runtime":
-                entries.append(
-                    ModelEntry(
-                        name=entry_name,
-                        path=m.path,
-                        sha256=m.sha256,
-                        size_bytes=m.size_bytes,
-                        quant_style=m.quant_style,
-                    )
-                )
+                entries.append(_entry(entry_name, m))
             comparisons.append(
                 Comparison(
                     model=entry_name,
@@ -517,26 +469,90 @@ def build_report(
                 )
             )
         if name in built:
-            best_speed = max(m.speedup.values()) if m.speedup else 1.0
-            steps.append(
-                TradeoffStep(
-                    name=name,
-                    speed=best_speed,
-                    fidelity=_mean(m.logmel),
-                    wer=m.wer,
-                    logmel_distance=_mean(m.logmel),
-                    size_bytes=m.size_bytes,
-                    pinned=_kept_families(built[name]["details"]),
-                    accepted=name in recommendation["accepted"] if settings.wer else None,
-                )
-            )
+            accepted = name in recommendation["accepted"] if settings.wer else None
+            steps.append(_step(name, m, built[name]["details"], accepted))
+    tradeoff = _tradeoff(steps, recommendation, settings)
+    run = collect_run_meta(
+        provider="cpu",
+        threads=settings.threads,
+        command=command,
+        title="INT4 trial",
+        voice=settings.voice,
+        lang=settings.lang,
+        speed=1.0,
+        texts=f"heldout (first {settings.sentences})",
+        asr_model=MODEL_NAME if settings.wer else None,
+        settings={
+            **{k: v for k, v in settings.key().items() if not isinstance(v, dict)},
+            "timing_host": evaluation.get("timing_host"),
+        },
+    )
+    return Report(
+        run=run,
+        models=entries,
+        utterances=rows,
+        comparisons=comparisons,
+        tradeoff=tradeoff,
+        notes=verdict_notes(evaluation, recommendation, settings),
+    )
+
+
+def _entry(name: str, m: Measured, quality: Any = None) -> Any:
+    from kokoro_opt.report.schema import ModelEntry
+
+    return ModelEntry(
+        name=name,
+        path=m.path,
+        sha256=m.sha256,
+        size_bytes=m.size_bytes,
+        quant_style=m.quant_style,
+        quality=quality,
+    )
+
+
+def _utterance_rows(name: str, m: Measured, texts: list[str], is_ref: bool) -> list[Any]:
+    from kokoro_opt.report.schema import UtteranceRow
+
+    return [
+        UtteranceRow(
+            model=name,
+            utterance_id=f"h{i:02d}",
+            text=text,
+            audio_s=m.audio_s[i],
+            wer=m.utterance_wer[i] if m.utterance_wer else None,
+            logmel_distance=None if is_ref else m.logmel[i],
+            mcd_db=None if is_ref else m.mcd[i],
+            transcript=m.transcripts[i] if m.transcripts else None,
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+def _step(name: str, m: Measured, details: dict[str, Any], accepted: bool | None) -> Any:
+    from kokoro_opt.report.schema import TradeoffStep
+
+    return TradeoffStep(
+        name=name,
+        speed=max(m.speedup.values()) if m.speedup else 1.0,
+        fidelity=mean(m.logmel),
+        wer=m.wer,
+        logmel_distance=mean(m.logmel),
+        size_bytes=m.size_bytes,
+        pinned=_kept_families(details),
+        accepted=accepted,
+    )
+
+
+def _tradeoff(steps: list[Any], recommendation: dict[str, Any], settings: TrialSettings) -> Any:
+    from kokoro_opt.report.schema import Tradeoff
+
     budget = (
         f"WER within {settings.wer_margin * 100:.0f} points of FP32 "
         f"({_pct(recommendation['fp32_wer'])}); smallest size wins (within "
         f"{SIZE_TIE:.0%}: lower log-mel); goal under "
         f"{settings.size_goal_bytes / MB:.0f} MB"
     )
-    tradeoff = (
+    return (
         Tradeoff(
             title="INT4 trial: size, speed and fidelity of each config",
             speed_label="speedup vs FP32 (x), best session mode",
@@ -548,33 +564,10 @@ def build_report(
         if steps
         else None
     )
-    run = collect_run_meta(
-        provider="cpu",
-        threads=settings.threads,
-        command=command,
-        title="INT4 trial",
-        voice=settings.voice,
-        lang=settings.lang,
-        speed=1.0,
-        texts=f"heldout (first {settings.sentences})",
-        asr_model=MODEL_NAME if settings.wer else None,
-        settings={k: v for k, v in settings.key().items() if not isinstance(v, dict)},
-    )
-    return Report(
-        run=run,
-        models=entries,
-        utterances=rows,
-        comparisons=comparisons,
-        tradeoff=tradeoff,
-        notes=verdict_notes(evaluation, built, recommendation, settings),
-    )
 
 
 def verdict_notes(
-    evaluation: dict[str, Any],
-    built: dict[str, dict[str, Any]],
-    recommendation: dict[str, Any],
-    settings: TrialSettings,
+    evaluation: dict[str, Any], recommendation: dict[str, Any], settings: TrialSettings
 ) -> list[str]:
     """The recommendation and the caveats, in plain words."""
     models: dict[str, Measured] = evaluation["models"]
@@ -596,7 +589,7 @@ def verdict_notes(
             f"Recommended: {chosen}, {m.size_bytes / MB:.1f} MB ({goal} the "
             f"{settings.size_goal_bytes / MB:.0f} MB goal; FP32 is {ref.size_bytes / MB:.1f} "
             f"MB), WER {_pct(m.wer)} vs FP32 {_pct(ref.wer)}, log-mel distance "
-            f"{_mean(m.logmel):.3f}. Speed vs FP32: "
+            f"{mean(m.logmel):.3f}. Speed vs FP32: "
             + ", ".join(f"{mode} {v:.2f}x" for mode, v in m.speedup.items())
             + "."
         )
@@ -622,38 +615,40 @@ def verdict_notes(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _fidelity(
+def _measure_one(
     name: str,
     path: Path,
     sha: str,
-    style: str,
-    has_dq: bool,
-    audio: list[np.ndarray],
-    ref_audio: list[np.ndarray],
-    samples: Sequence[Any],
+    held: Any,
     settings: TrialSettings,
+    executor: Executor,
+    progress: ProgressCallback,
 ) -> Measured:
-    from kokoro_opt.quality.distance import compare
+    """Size, style and per-sentence fidelity of one model (speed is filled in by `_time_one`)."""
+    import onnx
 
-    sr = 24000
-    dists = [compare(a, r, sr, f0=False) for a, r in zip(audio, ref_audio, strict=True)]
-    transcripts: list[str] = []
+    from kokoro_opt.graph.inspect import detect_quant_style
+    from kokoro_opt.measure.reference import score_model
+
+    proto = onnx.load(str(path), load_external_data=False)
+    style, _ = detect_quant_style(proto)
+    has_dq = _has_weight_dq(proto)
+    del proto
+    scores = score_model(
+        path, held, threads=settings.threads, asr=settings.wer, full=True, executor=executor,
+        progress=progress, label=f"Measuring {name} on {executor.describe()}",
+    )  # fmt: skip
     wer = cer = None
     utterance_wer: list[float] = []
-    asr_s = 0.0
+    transcripts = [s.transcript or "" for s in scores] if settings.wer else []
     if settings.wer:
-        from kokoro_opt.quality.asr import transcribe_timed
         from kokoro_opt.quality.wer import error_rates
 
-        for a in audio:
-            t = transcribe_timed(np.nan_to_num(a), sr, threads=settings.threads)
-            transcripts.append(t.text)
-            asr_s += t.asr_s
-        rates = error_rates([s.text for s in samples], transcripts)
+        rates = error_rates(held.texts, transcripts)
         wer, cer = rates.wer, rates.cer
         utterance_wer = [u.wer for u in rates.utterances]
-    total = sum(len(a) for a in audio)
-    ref_total = sum(len(r) for r in ref_audio)
+    total = sum(s.audio_s for s in scores)
+    ref_total = sum(len(a) for a in held.ref_audio) / SAMPLE_RATE
     return Measured(
         name=name,
         path=str(path),
@@ -661,20 +656,44 @@ def _fidelity(
         size_bytes=Path(path).stat().st_size,
         quant_style=style,
         has_weight_dq=has_dq,
-        audio_s=[len(a) / sr for a in audio],
-        logmel=[d.logmel_distance for d in dists],
-        mcd=[d.mcd_db for d in dists],
+        audio_s=[s.audio_s for s in scores],
+        logmel=[float(s.logmel if s.logmel is not None else math.inf) for s in scores],
+        mcd=[float(s.mcd if s.mcd is not None else math.inf) for s in scores],
         duration_ratio=total / ref_total if ref_total else 1.0,
         transcripts=transcripts,
         wer=wer,
         cer=cer,
         utterance_wer=utterance_wer,
-        asr_s=round(asr_s, 3),
+        asr_s=round(sum(s.asr_s for s in scores), 3),
         latency_ms={},
         reference_latency_ms={},
         speedup={},
-        nonfinite=0,
+        nonfinite=sum(s.nonfinite for s in scores),
     )
+
+
+def _time_one(
+    measured: Measured,
+    path: Path,
+    ref_path: Path,
+    contract: Any,
+    feeds: Sequence[dict[str, Any]],
+    timing: Sequence[int],
+    settings: TrialSettings,
+) -> None:
+    """Speed against FP32, serially in this process: the runtime session, and the folded one
+    when the model has int4 weight DequantizeLinear nodes."""
+    ref_session = _session(ref_path, settings.threads)
+    modes = {"runtime": _session(path, settings.threads)}
+    if measured.has_weight_dq:
+        from kokoro_opt.passes.int4 import FOLD_SESSION_CONFIG
+
+        modes["folded"] = _session(path, settings.threads, FOLD_SESSION_CONFIG)
+    for mode, sess in modes.items():
+        lat, ref_lat = _interleaved(sess, ref_session, contract, feeds, timing, settings)
+        measured.latency_ms[mode] = lat
+        measured.reference_latency_ms[mode] = ref_lat
+        measured.speedup[mode] = _speedup(ref_lat, lat)
 
 
 def _interleaved(
@@ -768,22 +787,5 @@ def _asr_model() -> str:
     return MODEL_NAME
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else 0.0
-
-
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f} %"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from kokoro_opt.report.files import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=1, default=str))

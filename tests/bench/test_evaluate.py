@@ -50,10 +50,9 @@ def test_evaluate_feeds_identical_phonemes_and_keeps_wavs(
     ref, int8 = result.model("fp32"), result.model("int8")
     assert ref.is_reference and ref.distances is None and ref.reference is None
     assert int8.reference == "fp32" and int8.distances is not None and len(int8.distances) == 2
-    # The reference renders each text first, then the others (interleaved per text).
-    done = [c for c in calls if c[1] > 0]
-    assert [c[0].split()[-1] for c in done] == ["fp32", "int8", "fp32", "int8"]
-    assert done[-1][1] == done[-1][2] == 4
+    # One task per text (the reference renders it first, then the others); one progress bar.
+    assert {c[0] for c in calls} == {"Synthesizing and scoring 2 model(s) on local"}
+    assert [c[1:] for c in calls] == [(1, 2), (2, 2)]
     for m in result.models:
         assert m.transcripts is None and m.errors is None
         for i, seconds in enumerate(m.audio_s):

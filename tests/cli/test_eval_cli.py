@@ -130,6 +130,8 @@ def test_eval_refuses_to_merge_another_file_of_the_same_name(
         (["--speed", "3"], ["Speed 3.0 is out of range"]),
         (["--provider", "coreml"], ["'coreml' is not available", "available: cpu"]),
         (["--reference", "no-such-model"], ["No model 'no-such-model'"]),
+        (["--executor", "processes:0"], ["worker processes must be a whole number"]),
+        (["--executor", "cluster"], ["Unknown executor 'cluster'"]),
     ],
 )
 def test_eval_bad_input_is_one_line_exit_2(

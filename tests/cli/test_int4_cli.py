@@ -150,6 +150,7 @@ def test_trial_bad_options(
             "timing_texts must be 1 to sentences",
         ),
         (["-o", str(tmp_path / "t"), "--threads", "0"], "--threads must be at least 1"),
+        (["-o", str(tmp_path / "t"), "--executor", "mpi"], "Unknown executor 'mpi'"),
         (
             ["-o", str(tmp_path / "t"), "--variants", "mm-rtn-b32,all-rtn-b64,mm-rtn-b32"],
             "listed more than once: mm-rtn-b32",

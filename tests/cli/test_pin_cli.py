@@ -89,6 +89,19 @@ def test_analyze_json_and_file(
         "generator/conv_pre", "generator/style_fc", "generator/ups.0",
         "generator/noise_convs.0", "generator/resblocks.0", "generator/conv_post",
     }  # fmt: skip
+    # The same analysis measured in two worker processes gives the same distances.
+    res = run_cli(
+        ["pin", "analyze", str(synthetic_fp32), "--samples", "3", "--sentences", "1",
+         "--group", "generator/*", "--no-qdq-debug", "--json", "--executor", "processes:2"],
+        capsys,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    elsewhere = json.loads(res.stdout)
+    assert elsewhere["executor"] == "processes:2" and printed["executor"] == "local"
+    alone = {r["group"]: r["logmel_alone"] for r in printed["groups"]}
+    assert {r["group"]: r["logmel_alone"] for r in elsewhere["groups"]} == pytest.approx(
+        alone, abs=1e-6
+    )
     # The search takes its order from that file.
     res = run_cli(
         ["pin", "search", str(synthetic_fp32), "--samples", "3", "--sentences", "1",
@@ -116,6 +129,9 @@ def test_analyze_json_and_file(
         (["pin", "apply", "{missing}", "-o", "{out}"], "No model"),
         (["pin", "apply", "{int8}", "-o", "{out}"], "already quantized"),
         (["pin", "analyze", "{int8}"], "already quantized"),
+        (["pin", "analyze", "{fp32}", "--executor", "grid"], "Unknown executor 'grid'"),
+        (["pin", "search", "{fp32}", "-o", "{dir}", "--max-logmel", "1", "--executor",
+          "processes:0"], "worker processes must be a whole number"),
         (["pin", "analyze", "{fp32}", "--ranges", "{missing}"], "not a calibration cache"),
         (["pin", "search", "{fp32}", "-o", "{dir}"], "No quality budget"),
         (["pin", "search", "{fp32}", "-o", "{dir}", "--budget", "wer=abc"], "Cannot read budget"),

@@ -29,7 +29,8 @@ def test_quantize_writes_model_and_manifest(
     assert manifest["output_sha256"] == sha256_file(out)
     assert manifest["settings"]["per_channel"] is True
     assert manifest["settings"]["samples"] == 3
-    assert len(manifest["corpus"]["sha256"]) == 64 and manifest["corpus"]["source"] == "train"
+    corpus = manifest["details"]["calibration"]
+    assert len(corpus["corpus_sha256"]) == 64 and corpus["corpus"] == "train"
     assert manifest["versions"]["onnxruntime"] and manifest["versions"]["misaki"]
     assert manifest["elapsed_s"] > 0
     assert "Conv" in res.stdout and "Size" in res.stdout

@@ -89,6 +89,15 @@ def test_wrong_type_at_top_level() -> None:
     assert message.startswith("r.yaml:3: threads: Input should be a valid integer")
 
 
+def test_executor_is_a_recipe_setting_checked_at_load() -> None:
+    text = "name: t\nmodel: kokoro-fp32\nexecutor: processes:2\nsteps:\n  - pull\n"
+    recipe = parse_recipe(text, source="r.yaml")
+    assert recipe.executor == "processes:2" and recipe.resolved()["executor"] == "processes:2"
+    assert parse_recipe(HEAD + "  - pull\n", source="r.yaml").executor == "local"
+    message = _error("name: t\nmodel: kokoro-fp32\nexecutor: cluster\nsteps:\n  - pull\n")
+    assert message.startswith("r.yaml:3: executor: Unknown executor 'cluster'"), message
+
+
 def test_missing_required_and_unknown_top_level_keys() -> None:
     assert _error("name: t\nsteps:\n  - pull\n") == "r.yaml:1: model: missing required key."
     message = _error("name: t\nmodel: kokoro-fp32\nstep:\n  - pull\n")

@@ -63,7 +63,7 @@ def test_smallest_within_the_wer_margin_wins() -> None:
     assert rec["accepted"] == ["big-good", "small-ok"]
     assert rec["smallest"] == "tiny-nan"
     assert rec["meets_size_goal"] is True and rec["size_bytes"] == 45_000_000
-    notes = verdict_notes(evaluation, built, rec, TrialSettings())
+    notes = verdict_notes(evaluation, rec, TrialSettings())
     assert notes[0].startswith("Recommended: small-ok, 45.0 MB (meets the 50 MB goal")
 
 
@@ -80,7 +80,7 @@ def test_nothing_accepted_or_no_wer_means_no_recommendation() -> None:
     evaluation, built = _evaluation(("bad", 45_000_000, 0.2, 0.5))
     rec = recommend(evaluation, built, TrialSettings())
     assert rec["chosen"] is None and rec["accepted"] == []
-    assert "none is recommended" in verdict_notes(evaluation, built, rec, TrialSettings())[0]
+    assert "none is recommended" in verdict_notes(evaluation, rec, TrialSettings())[0]
     evaluation, built = _evaluation(("good", 45_000_000, 0.08, 0.2))
     assert recommend(evaluation, built, TrialSettings(wer=False))["chosen"] is None
 
