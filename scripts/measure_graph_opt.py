@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from kokoro_opt.bench.ab import ab_latency  # noqa: E402
 from kokoro_opt.graph.edit import non_standard_ops  # noqa: E402
+from kokoro_opt.measure.reference import compare_audio, compare_models  # noqa: E402
 from kokoro_opt.passes import (  # noqa: E402
     optimize,
     portable,
@@ -42,13 +43,7 @@ from kokoro_opt.passes import (  # noqa: E402
     static_shapes,
 )
 from kokoro_opt.passes.base import PassContext  # noqa: E402
-from kokoro_opt.passes.verify import (  # noqa: E402
-    REFERENCE_PHONEMES,
-    compare_audio,
-    compare_models,
-    reference_feeds,
-    run_model,
-)
+from kokoro_opt.passes.verify import REFERENCE_PHONEMES, reference_feeds  # noqa: E402
 from kokoro_opt.store import ensure_default_models  # noqa: E402
 
 THREADS = 2
@@ -80,6 +75,7 @@ def _time(paths: dict[str, Path], runs: int, feeds_from: Path | None = None) -> 
 
 def _summary(paths: dict[str, Path], timing: dict[str, Any], ref: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    ref_feeds = reference_feeds(paths[ref])
     for label, path in paths.items():
         model = onnx.load(str(path), load_external_data=False)
         entry: dict[str, Any] = {
@@ -89,7 +85,7 @@ def _summary(paths: dict[str, Path], timing: dict[str, Any], ref: str) -> dict[s
         }
         if label != ref:
             _log("checking audio of", label)
-            check = compare_models(paths[ref], path, threads=THREADS)
+            check = compare_models(paths[ref], path, ref_feeds, threads=THREADS)
             entry["audio"] = {k: v for k, v in check.items() if k != "items"}
             entry["audio"]["items"] = [
                 {k: round(v, 5) if isinstance(v, float) else v for k, v in item.items()}
@@ -195,7 +191,7 @@ def int8(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if name == "kokoro-int8-export":
             for label, path in paths.items():
                 _log("checking against fp32:", label)
-                check = compare_models(fp32_path, path, threads=THREADS)
+                check = compare_models(fp32_path, path, reference_feeds(fp32_path), threads=THREADS)
                 summary[label]["audio_vs_fp32"] = {
                     "max_logmel_distance": check["max_logmel_distance"],
                     "per_item_logmel": [round(i["logmel_distance"], 4) for i in check["items"]],
@@ -309,9 +305,13 @@ def buckets(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         bound = static_shapes.run(base, static_shapes.Config(tokens=t), _ctx(tmp))
         bpath = tmp / f"b{t}.onnx"
         onnx.save(bound.model, bpath)
-        ref = run_model(path, reference_feeds(path, phonemes=phonemes))
-        got = run_model(bpath, reference_feeds(bpath, phonemes=phonemes))
-        check = compare_audio(ref, got)
+        check = compare_models(
+            path,
+            bpath,
+            reference_feeds(path, phonemes=phonemes),
+            test_feeds=reference_feeds(bpath, phonemes=phonemes),
+            threads=THREADS,
+        )
         feeds = {
             "dynamic": reference_feeds(path, phonemes=phonemes),
             "bucket": reference_feeds(bpath, phonemes=phonemes),

@@ -175,10 +175,11 @@ def _first_error(exc: Exception) -> str:
 
 
 def _check(model_path: Path, out: Path, threads: int, report: Any) -> dict[str, Any]:
-    from kokoro_opt.passes.verify import NOISE_FLOOR_LOGMEL, compare_models
+    from kokoro_opt.measure.reference import compare_models
+    from kokoro_opt.passes.verify import NOISE_FLOOR_LOGMEL, reference_feeds
 
     report("checking audio", 0, 1)
-    result = compare_models(model_path, out, threads=threads)
+    result = compare_models(model_path, out, reference_feeds(model_path), threads=threads)
     report("checking audio", 1, 1)
     result["noise_floor_logmel"] = NOISE_FLOOR_LOGMEL
     result["within_noise"] = bool(

@@ -191,17 +191,17 @@ def _fitting_phonemes(t: int) -> str:
 
 
 def _check(model_path: Path, out: Path, t: int, threads: int) -> dict[str, Any]:
-    from kokoro_opt.passes.verify import (
-        NOISE_FLOOR_LOGMEL,
-        compare_audio,
-        reference_feeds,
-        run_model,
-    )
+    from kokoro_opt.measure.reference import compare_models
+    from kokoro_opt.passes.verify import NOISE_FLOOR_LOGMEL, reference_feeds
 
     phonemes = [_fitting_phonemes(t)]
-    ref = run_model(model_path, reference_feeds(model_path, phonemes=phonemes), threads=threads)
-    test = run_model(out, reference_feeds(out, phonemes=phonemes), threads=threads)
-    result = compare_audio(ref, test)
+    result = compare_models(
+        model_path,
+        out,
+        reference_feeds(model_path, phonemes=phonemes),
+        test_feeds=reference_feeds(out, phonemes=phonemes),
+        threads=threads,
+    )
     result["within_noise"] = bool(
         result["same_lengths"] and result["max_logmel_distance"] <= NOISE_FLOOR_LOGMEL
     )

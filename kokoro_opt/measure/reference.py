@@ -1,6 +1,7 @@
 """Reference sets: held-out sentences as model inputs with the reference model's audio and
-transcripts, cached by the model's sha256 and a hash of the inputs; and the loops that speak
-and score a model on them through an executor.
+transcripts, cached by the model's sha256 and a hash of the inputs; the loops that speak
+and score a model on them through an executor; and `compare_models`, two models on the same
+fixed inputs (the audio check of `optimize --check` and `shapes bind`).
 
     held = reference_set(fp32, sha, contract, 12, cache_folder=cache, wer=True)
     scores = score_model(variant, held, threads=2, asr=True, executor=executor)
@@ -190,6 +191,51 @@ def logmel_distances(audio: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> 
         else:
             out.append(float(logmel_distance(a, r, SAMPLE_RATE)))
     return out
+
+
+def compare_models(
+    reference: Path,
+    test: Path,
+    feeds: Sequence[dict[str, Any]],
+    *,
+    test_feeds: Sequence[dict[str, Any]] | None = None,
+    threads: int = 2,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Speak the same inputs with both models and say how far apart the audio is
+    (`compare_audio`); `test_feeds` when the test model needs them shaped its own way (padded
+    to a static length)."""
+    ref = speak_model(reference, feeds, threads=threads, executor=executor)
+    out = speak_model(
+        test, feeds if test_feeds is None else test_feeds, threads=threads, executor=executor
+    )
+    return compare_audio(ref, out)
+
+
+def compare_audio(reference: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Per-utterance and worst-case differences between two lists of renderings: the largest
+    sample difference (over the common length), the log-mel distance (`logmel_distances`),
+    the lengths and the count of samples that are not finite."""
+    distances = logmel_distances(test, reference)
+    items = []
+    for ref, out, logmel in zip(reference, test, distances, strict=True):
+        n = min(len(ref), len(out))
+        items.append(
+            {
+                "samples_reference": int(len(ref)),
+                "samples_test": int(len(out)),
+                "max_abs_diff": float(np.max(np.abs(ref[:n] - out[:n]))) if n else 0.0,
+                "logmel_distance": logmel,
+                "nonfinite": int(np.count_nonzero(~np.isfinite(out))),
+            }
+        )
+    return {
+        "items": items,
+        "max_abs_diff": max(i["max_abs_diff"] for i in items),
+        "max_logmel_distance": max(i["logmel_distance"] for i in items),
+        "same_lengths": all(i["samples_reference"] == i["samples_test"] for i in items),
+        "nonfinite": sum(i["nonfinite"] for i in items),
+    }
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -1,11 +1,12 @@
-"""Run two variants of a model on the same inputs and say how far apart their audio is.
+"""The fixed inputs that checks of graph rewrites use, and the shapes passes need.
 
-Every graph rewrite is checked this way: the same phoneme strings and voice go through the
-unrewritten and the rewritten model, and we report the largest sample difference and the DTW
-log-mel distance (`kokoro_opt.quality.distance`). Sample differences alone mislead for Kokoro:
-the harmonic source integrates F0 into a phase over ~10^5 samples, so a 1e-6 change in F0
-shifts the phase and moves samples by 1e-2 while the sound is the same. The log-mel distance
-is the number that says whether the audio changed.
+`reference_feeds` turns fixed phoneme strings (no G2P needed) and one voice into model inputs;
+`optimize --check` and `shapes bind` speak them with the unrewritten and the rewritten model
+through the measuring core (`kokoro_opt.measure.reference.compare_models`), which reports the
+largest sample difference and the DTW log-mel distance. Sample differences alone mislead for
+Kokoro: the harmonic source integrates F0 into a phase over ~10^5 samples, so a 1e-6 change in
+F0 shifts the phase and moves samples by 1e-2 while the sound is the same. The log-mel distance
+is the number that says whether the audio changed (`NOISE_FLOOR_LOGMEL`).
 
 `tensor_shapes` runs a model once on a short input to learn the shapes of chosen tensors where
 ONNX shape inference cannot see them (behind com.microsoft ops).
@@ -22,7 +23,6 @@ import numpy as np
 import onnx
 
 from kokoro_opt.errors import KokoroOptError, UserInputError
-from kokoro_opt.runtime.audio import SAMPLE_RATE
 
 # Fixed phoneme strings (misaki en-us output) so checks need no G2P: 11, 69 and 185 phonemes.
 REFERENCE_PHONEMES: tuple[str, ...] = (
@@ -83,57 +83,6 @@ def static_token_length(model: onnx.ModelProto, tokens_name: str) -> int | None:
             if len(dims) == 2 and dims[1].HasField("dim_value"):
                 return int(dims[1].dim_value)
     return None
-
-
-def run_model(
-    model: onnx.ModelProto | str | Path,
-    feeds: Sequence[dict[str, np.ndarray]],
-    *,
-    threads: int | None = 2,
-) -> list[np.ndarray]:
-    """The first output (audio) of `model` for each feed, flattened to 1-D float32."""
-    session = _session(model, threads)
-    name = session.get_outputs()[0].name
-    return [np.asarray(session.run([name], f)[0], np.float32).reshape(-1) for f in feeds]
-
-
-def compare_audio(reference: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Per-utterance and worst-case differences between two lists of renderings."""
-    from kokoro_opt.quality.distance import logmel_distance
-
-    items = []
-    for ref, out in zip(reference, test, strict=True):
-        n = min(len(ref), len(out))
-        items.append(
-            {
-                "samples_reference": int(len(ref)),
-                "samples_test": int(len(out)),
-                "max_abs_diff": float(np.max(np.abs(ref[:n] - out[:n]))) if n else 0.0,
-                "logmel_distance": float(logmel_distance(out, ref, SAMPLE_RATE)),
-                "nonfinite": int(np.count_nonzero(~np.isfinite(out))),
-            }
-        )
-    return {
-        "items": items,
-        "max_abs_diff": max(i["max_abs_diff"] for i in items),
-        "max_logmel_distance": max(i["logmel_distance"] for i in items),
-        "same_lengths": all(i["samples_reference"] == i["samples_test"] for i in items),
-        "nonfinite": sum(i["nonfinite"] for i in items),
-    }
-
-
-def compare_models(
-    reference: onnx.ModelProto | str | Path,
-    test: onnx.ModelProto | str | Path,
-    *,
-    phonemes: Sequence[str] = REFERENCE_PHONEMES,
-    threads: int | None = 2,
-) -> dict[str, Any]:
-    """Render the reference phonemes with both models and compare the audio."""
-    feeds = reference_feeds(reference, phonemes=phonemes)
-    return compare_audio(
-        run_model(reference, feeds, threads=threads), run_model(test, feeds, threads=threads)
-    )
 
 
 def tensor_shapes(

@@ -11,6 +11,7 @@ from onnx import helper
 
 from kokoro_opt.errors import UserInputError
 from kokoro_opt.graph.edit import op_counts
+from kokoro_opt.measure.reference import compare_models
 from kokoro_opt.passes import (
     rewrite_conv2d,
     rewrite_instnorm,
@@ -19,7 +20,7 @@ from kokoro_opt.passes import (
     rewrites,
 )
 from kokoro_opt.passes.base import PassContext
-from kokoro_opt.passes.verify import compare_models
+from kokoro_opt.passes.verify import reference_feeds
 from tests.passes.graphs import adain_snake_model, plain_model, run, stft_model
 from tests.synthetic import synthetic_feeds
 
@@ -200,14 +201,14 @@ def test_default_chain_on_synthetic_is_within_noise(synthetic_fp32: Path, tmp_pa
     assert set(result.details) == set(rewrites.DEFAULT)
     out = tmp_path / "rewritten.onnx"
     onnx.save(result.model, out)
-    check = compare_models(synthetic_fp32, out, threads=1)
+    check = compare_models(synthetic_fp32, out, reference_feeds(synthetic_fp32), threads=1)
     assert check["same_lengths"] and check["nonfinite"] == 0
     assert check["max_abs_diff"] < 1e-4
     assert check["max_logmel_distance"] < 1e-3
 
 
 @pytest.mark.real
-def test_real_fp32_default_rewrites(real_models: dict[str, Path]) -> None:
+def test_real_fp32_default_rewrites(real_models: dict[str, Path], tmp_path: Path) -> None:
     from kokoro_opt.passes.verify import NOISE_FLOOR_LOGMEL, REFERENCE_PHONEMES
 
     path = real_models["kokoro-fp32"]
@@ -218,5 +219,8 @@ def test_real_fp32_default_rewrites(real_models: dict[str, Path]) -> None:
     assert d["conv2d"]["rewritten"] == 88  # every 1-D Conv with constant weights
     counts = op_counts(result.model)
     assert "Pow" not in counts or counts["Pow"] == 2  # only the two non-Snake Pows remain
-    check = compare_models(path, result.model, phonemes=REFERENCE_PHONEMES[:1])
+    out = tmp_path / "rewritten.onnx"
+    onnx.save(result.model, out)
+    feeds = reference_feeds(path, phonemes=REFERENCE_PHONEMES[:1])
+    check = compare_models(path, out, feeds)
     assert check["same_lengths"] and check["max_logmel_distance"] < NOISE_FLOOR_LOGMEL
