@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kokoro_opt.quality.text_norm import normalize_for_wer
+from kokoro_opt.runtime.timestamps import clean_word
 
 
 class TimedWord(Protocol):
@@ -97,7 +98,9 @@ def compare_words(
         heard=len(heard),
         start_diffs=starts,
         end_diffs=ends,
-        complete=spelled == normalize_for_wer(text),
+        # The text's words as timestamps name them: "Ave." is "Ave" on both sides, so the
+        # normalizer cannot expand one side's abbreviation and not the other's.
+        complete=spelled == normalize_for_wer(" ".join(clean_word(w) for w in text.split())),
     )
 
 

@@ -82,7 +82,7 @@ def phoneme_words(tokens: Sequence[TokenLike]) -> tuple[str, list[PhonemeWord]]:
 
     def close() -> None:
         nonlocal span_start
-        word = _clean_word("".join(text_parts))
+        word = clean_word("".join(text_parts))
         if word:
             start = span_start if span_start is not None else len("".join(out).rstrip())
             words.append(PhonemeWord(word, start, max(start, span_end)))
@@ -277,7 +277,9 @@ def _has_word_chars(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
-def _clean_word(text: str) -> str:
+def clean_word(text: str) -> str:
+    """A word of the text as timestamps name it: edge punctuation and a sentence's full stop
+    removed (an abbreviation's period goes too; "U.S.A." keeps its)."""
     word = text.strip().strip(_EDGE_PUNCT)
     if word.endswith(".") and word.count(".") == 1:
         word = word[:-1]  # a sentence's full stop, not an abbreviation's ("U.S.A." keeps its)

@@ -43,3 +43,14 @@ def test_missing_or_reordered_words_are_incomplete() -> None:
     summary = summarize([missing, swapped])
     assert summary.complete_sentences == 0 and summary.boundaries == 0
     assert math.isnan(summary.median_abs_ms)
+
+
+def test_abbreviations_are_complete_as_timestamps_name_them() -> None:
+    # The runtime names "Ave." and "etc." without their period (as a sentence's full stop);
+    # the normalizer would expand the text's "Ave." to "avenue" but not our "Ave".
+    text = "Turn right on Oak Ave. and buy milk, bread, etc. for U.S.A. Day."
+    words = ["Turn", "right", "on", "Oak", "Ave", "and", "buy", "milk", "bread", "etc", "for",
+             "U.S.A.", "Day"]  # fmt: skip
+    ours = [W(w, i, i + 0.5) for i, w in enumerate(words)]
+    assert compare_words(text, ours, []).complete
+    assert not compare_words(text, [w for w in ours if w.word != "etc"], []).complete
