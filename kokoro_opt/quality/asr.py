@@ -197,27 +197,12 @@ def transcribe(audio: np.ndarray, sr: int, *, threads: int = DEFAULT_THREADS) ->
 
 
 def transcribe_timed(audio: np.ndarray, sr: int, *, threads: int = DEFAULT_THREADS) -> Transcript:
-    """Like `transcribe`, with the audio length and the time the ASR took."""
-    samples = as_mono_float32(audio, "audio to transcribe")
-    sr = check_rate(sr)
-    if samples.size == 0:
-        raise UserInputError("The audio to transcribe is empty.")
-    model = load_model(threads=threads)
+    """Like `transcribe`, with the audio length and the time the ASR took (loading excluded)."""
+    load_model(threads=threads)
     start = time.perf_counter()
-    pcm16k = resample(samples, sr, ASR_SAMPLE_RATE)
-    segments, _info = model.transcribe(
-        pcm16k,
-        language="en",
-        task="transcribe",
-        beam_size=BEAM_SIZE,
-        best_of=1,
-        temperature=0.0,
-        condition_on_previous_text=False,
-        vad_filter=False,
-        without_timestamps=True,
-    )
+    segments, audio_s = _decode(audio, sr, threads, without_timestamps=True)
     text = " ".join(segment.text.strip() for segment in segments).strip()
-    return Transcript(text=text, audio_s=samples.size / sr, asr_s=time.perf_counter() - start)
+    return Transcript(text=text, audio_s=audio_s, asr_s=time.perf_counter() - start)
 
 
 def transcribe_words(
@@ -225,6 +210,18 @@ def transcribe_words(
 ) -> list[AsrWord]:
     """The words Whisper hears with its own word timestamps (cross-attention alignment,
     faster-whisper's `word_timestamps=True`), decoded as `transcribe` decodes."""
+    segments, _ = _decode(audio, sr, threads, word_timestamps=True)
+    return [
+        AsrWord(w.word.strip(), float(w.start), float(w.end))
+        for segment in segments
+        for w in (segment.words or [])
+        if w.word.strip()
+    ]
+
+
+def _decode(audio: np.ndarray, sr: int, threads: int, **timestamps: bool) -> tuple[Any, float]:
+    """Whisper's segments for the audio (greedy, English, no VAD) and the audio's length in
+    seconds; `timestamps` chooses between `without_timestamps` and `word_timestamps`."""
     samples = as_mono_float32(audio, "audio to transcribe")
     sr = check_rate(sr)
     if samples.size == 0:
@@ -240,11 +237,6 @@ def transcribe_words(
         temperature=0.0,
         condition_on_previous_text=False,
         vad_filter=False,
-        word_timestamps=True,
+        **timestamps,
     )
-    return [
-        AsrWord(w.word.strip(), float(w.start), float(w.end))
-        for segment in segments
-        for w in (segment.words or [])
-        if w.word.strip()
-    ]
+    return segments, samples.size / sr
