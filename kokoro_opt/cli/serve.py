@@ -81,19 +81,15 @@ def serve(
     ] = 0.0,
     first_segment_chars: Annotated[
         int,
-        typer.Option(
-            help="Longest first segment in characters: shorter gives earlier audio. With "
-            "--split (windowed) the first segment is the whole first sentence instead."
-        ),
+        typer.Option(help="Longest first segment in characters: shorter gives earlier audio."),
     ] = 12,
     first_segment: Annotated[
-        str | None,
+        str,
         typer.Option(
             help="clause: the first segment is the early primer (--first-segment-chars); "
-            "sentence: the whole first sentence. Default: sentence with --split, else clause.",
-            show_default=False,
+            "sentence: the whole first sentence."
         ),
-    ] = None,
+    ] = "clause",
     split: Annotated[
         Path | None,
         typer.Option(
@@ -110,7 +106,14 @@ def serve(
     ] = "first",
     first_window: Annotated[
         int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
-    ] = 12,
+    ] = 6,
+    window_context: Annotated[
+        int,
+        typer.Option(
+            help="Frames of input on each side of an approximate window with --split (the "
+            "generator's receptive field is about 6; fewer makes first audio cheaper)."
+        ),
+    ] = 3,
     cache_entries: Annotated[
         int,
         typer.Option(help="First segments kept in the primer cache; 0 turns the cache off."),
@@ -210,7 +213,12 @@ def serve(
     if split is not None:
         from kokoro_opt.runtime.windowed import WindowPlan
 
-        plan = WindowPlan(window, first=first_window, trail=12)  # type: ignore[arg-type]
+        plan = WindowPlan(
+            window,  # type: ignore[arg-type]
+            first=first_window,
+            context=window_context,
+            trail=12,
+        )
     settings = ServerSettings(
         api_key=api_key,
         max_chars=max_chars,

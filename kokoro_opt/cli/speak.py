@@ -94,7 +94,14 @@ def speak(
     ] = "first",
     first_window: Annotated[
         int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
-    ] = 12,
+    ] = 6,
+    window_context: Annotated[
+        int,
+        typer.Option(
+            help="Frames of input on each side of an approximate window with --split (the "
+            "generator's receptive field is about 6; fewer makes first audio cheaper)."
+        ),
+    ] = 3,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
@@ -140,7 +147,12 @@ def speak(
     if split is not None:
         from kokoro_opt.runtime.windowed import WindowPlan
 
-        plan = WindowPlan(window, first=first_window, trail=12)  # type: ignore[arg-type]
+        plan = WindowPlan(
+            window,  # type: ignore[arg-type]
+            first=first_window,
+            context=window_context,
+            trail=12,
+        )
 
     start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} and the {lang} G2P ..."):

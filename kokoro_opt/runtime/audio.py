@@ -4,7 +4,9 @@ check that a stream does not end in static."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,26 @@ from kokoro_opt.errors import UserInputError
 
 SAMPLE_RATE = 24000
 """Kokoro's output rate (Hz): every model this tool handles speaks at 24 kHz."""
+
+
+@dataclass
+class PlaybackClock:
+    """Audio handed to a listener against the wall time since the first of it: how far the
+    stream is ahead of a player that starts at its first sample."""
+
+    started: float | None = None
+    audio_s: float = 0.0
+
+    def add(self, samples: int, sample_rate: int = SAMPLE_RATE) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.audio_s += samples / sample_rate
+
+    def slack_s(self) -> float:
+        """Seconds of audio still to play (0 before the first audio)."""
+        if self.started is None:
+            return 0.0
+        return self.audio_s - (time.perf_counter() - self.started)
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:

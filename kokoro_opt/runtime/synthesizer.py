@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from kokoro_opt.errors import ModelFormatError, TextError, UserInputError
-from kokoro_opt.runtime.audio import SAMPLE_RATE, silence_bounds, speech_span, trim_silence
+from kokoro_opt.runtime.audio import (
+    SAMPLE_RATE,
+    PlaybackClock,
+    silence_bounds,
+    speech_span,
+    trim_silence,
+)
 from kokoro_opt.runtime.contract import ModelContract
 from kokoro_opt.runtime.g2p import G2P, get_g2p, normalize_lang
 from kokoro_opt.runtime.markup import Lexicon, Pause, parse_markup, plan
@@ -161,8 +167,6 @@ class Synthesizer:
 
             self.split = SplitModel(split, provider=provider, threads=threads)
             self.window = window or WindowPlan("whole")
-            if segment_policy is None and self.windowed:  # first audio is fast: no primer
-                self.segment_policy = SegmentPolicy(first="sentence")
 
     @property
     def windowed(self) -> bool:
@@ -199,17 +203,23 @@ class Synthesizer:
         return audio, durations
 
     def infer_windows(
-        self, tokens: list[int], style: np.ndarray, speed: float
+        self,
+        tokens: list[int],
+        style: np.ndarray,
+        speed: float,
+        slack: Callable[[], float] | None = None,
     ) -> Iterator[WindowChunk]:
         """Raw model audio in windows (`windowed` synthesizers): the front once, then the
-        back window by window (see `runtime.windowed`)."""
+        back window by window (see `runtime.windowed`). `slack()`: seconds of audio the
+        listener has buffered (asked after the front ran); the more, the fewer windows."""
         if self.split is None or self.window is None:
             raise UserInputError("This synthesizer has no split model: load it with split=DIR.")
         if not tokens or len(tokens) > MAX_PHONEMES:
             self.infer(tokens, style, speed)  # raises the same errors as a whole call
         padded = np.array([[PAD_ID, *tokens, PAD_ID]], np.int64)
         front = self.split.run_front(padded, style, speed)
-        yield from self.split.stream(front, style, self.window)
+        slack_s = slack() if slack is not None else 0.0
+        yield from self.split.stream(front, style, self.window, slack_s=slack_s)
 
     def phonemize(
         self,
@@ -371,9 +381,10 @@ class Synthesizer:
             raise TextError("Nothing speakable in the text: the G2P produced no phonemes.")
         after_pause = False
         spoke = False
+        clock = PlaybackClock()  # how far ahead of a listener the stream is: sizes windows
         while current is not None:
             if self.windowed and isinstance(current, _Piece):
-                upcoming, seq = yield from self._windows(current, pack, speed, seq, pieces)
+                upcoming, seq = yield from self._windows(current, pack, speed, seq, pieces, clock)
                 current, g2p_ms = upcoming, 0.0
                 after_pause, spoke = False, True
                 continue
@@ -385,6 +396,7 @@ class Synthesizer:
             if isinstance(current, _Gap):
                 edges = PAUSE_EDGE_S * (spoke + isinstance(upcoming, _Piece))
                 n = max(0, round((current.seconds - edges) * SAMPLE_RATE))
+                clock.add(n)
                 yield AudioChunk(
                     seq=seq,
                     samples=np.zeros(n, np.float32),
@@ -420,6 +432,7 @@ class Synthesizer:
                         kept_samples=hi - lo,
                         phonemes=current.phonemes,
                     )
+                clock.add(len(samples))
                 yield AudioChunk(
                     seq=seq,
                     samples=samples,
@@ -461,6 +474,7 @@ class Synthesizer:
         speed: float,
         seq: int,
         pieces: Iterator[_Piece | _Gap],
+        clock: PlaybackClock,
     ) -> Generator[AudioChunk, None, tuple[_Piece | _Gap | None, int]]:
         """One AudioChunk per window of one piece; returns the next piece (looked up before
         the last window is yielded, so `is_last` is right) and the next chunk number. Windowed
@@ -471,7 +485,8 @@ class Synthesizer:
         tokens = tokenize(phonemes)
         upcoming: _Piece | _Gap | None = None
         t0 = time.perf_counter()
-        for chunk in self.infer_windows(tokens, style_for(pack, len(tokens)), speed):
+        style = style_for(pack, len(tokens))
+        for chunk in self.infer_windows(tokens, style, speed, clock.slack_s):
             infer_ms = (time.perf_counter() - t0) * 1e3
             samples, nonfinite = finish_chunk(
                 chunk,
@@ -481,6 +496,7 @@ class Synthesizer:
             )
             if chunk.last:
                 upcoming = next(pieces, None)
+            clock.add(len(samples))
             yield AudioChunk(
                 seq=seq,
                 samples=samples,

@@ -212,8 +212,12 @@ class SplitModel:
             field = float(generator_field)  # the decoder runs whole: only the generator's field
         return int(np.ceil(field))
 
-    def windows(self, front: FrontOutput, plan: WindowPlan) -> list[tuple[int, int]]:
-        """The [start, end) frames of each window, after the skipped leading pad."""
+    def windows(
+        self, front: FrontOutput, plan: WindowPlan, slack_s: float = 0.0
+    ) -> list[tuple[int, int]]:
+        """The [start, end) frames of each window, after the skipped leading pad. `slack_s`:
+        seconds of audio already waiting ahead of playback when the segment starts (the
+        `first` policy renders exactly, in one call, whatever that buffer can cover)."""
         total = front.frames
         if plan.stats == "whole":
             return [(0, total)]
@@ -223,14 +227,7 @@ class SplitModel:
             trail_pad = int(round(float(front.durations[-1])))
             total = max(start + 1, min(total, total - trail_pad + plan.trail))
         if plan.stats == "first":
-            size = plan.first
-            if plan.ahead > 0 and self.rest_s_per_frame is not None:
-                frame_s = self.samples_per_frame / SAMPLE_RATE
-                size = max(size, int(np.ceil(plan.ahead * self.rest_s_per_frame * total / frame_s)))
-            end = min(total, start + size)
-            if end >= total:  # no time to gain: one exact render of the segment
-                return [(start, total)]
-            return [(start, end), (end, total)]
+            return self._first_spans(front.frames, start, total, plan, slack_s)
         spans = []
         size = plan.first
         while start < total:
@@ -242,6 +239,40 @@ class SplitModel:
             size = min(plan.largest, int(size * plan.grow))
         return spans
 
+    def _first_spans(
+        self, frames: int, start: int, total: int, plan: WindowPlan, slack_s: float
+    ) -> list[tuple[int, int]]:
+        """`first` policy: approximate windows (growing from `plan.first`) until the audio
+        they add covers `ahead` times the exact render of the rest, then that exact render.
+        The exact render runs the generator over all `frames` of the segment, so its time is
+        known from the last ones (`rest_s_per_frame`); before any was measured, one first
+        window."""
+        frame_s = self.samples_per_frame / SAMPLE_RATE
+        per_frame = self.rest_s_per_frame
+        if per_frame is None:
+            end = min(total, start + plan.first)
+            return [(start, total)] if end >= total else [(start, end), (end, total)]
+        need_s = plan.ahead * per_frame * frames - slack_s
+        if (slack_s > 0 and need_s <= 0) or per_frame >= frame_s:
+            # the buffer covers an exact render, or windows could never get ahead of playback
+            return [(start, total)]
+        context = self.context_frames(plan)
+        spans: list[tuple[int, int]] = []
+        size, a, ahead_s = plan.first, start, 0.0
+        while total - a > plan.first:
+            end = min(total - plan.first, a + size)
+            spans.append((a, end))
+            # each window adds its audio and, after the first (played at once), costs its time
+            ahead_s += (end - a) * frame_s
+            if len(spans) > 1:
+                ahead_s -= per_frame * (end - a + 2 * context + plan.overlap)
+            a = end
+            if plan.ahead == 0 or ahead_s >= need_s:
+                break
+            size = min(plan.largest, int(size * plan.grow))
+        spans.append((a, total))
+        return spans
+
     def render(
         self,
         front: FrontOutput,
@@ -249,10 +280,11 @@ class SplitModel:
         plan: WindowPlan,
         timings: WindowTimings | None = None,
         spans: list[tuple[int, int]] | None = None,
+        slack_s: float = 0.0,
     ) -> Iterator[np.ndarray]:
         """Audio of the segment, one array per window, joined by cross-fades."""
         style = np.asarray(style, np.float32).reshape(1, -1)
-        spans = spans or self.windows(front, plan)
+        spans = spans or self.windows(front, plan, slack_s)
         if plan.stats == "whole":
             t0 = time.perf_counter()
             audio = self._run_back(self.back, front.tensors, style, front, 0, front.frames)
@@ -285,14 +317,15 @@ class SplitModel:
             last = k == len(spans) - 1
             b_out = b if last else min(front.frames, b + plan.overlap)
             lo, hi = max(0, a - context), min(front.frames, b_out + context)
-            if plan.stats == "first" and (k > 0 or last):
+            exact = plan.stats == "first" and last
+            if exact:
                 lo, hi = 0, front.frames  # the segment's own statistics: exact from here on
             t0 = time.perf_counter()
             audio = self._run_back(session, source, style, front, lo, hi)
             took = time.perf_counter() - t0
             if timings is not None:
                 timings.windows_ms.append(took * 1e3)
-            if plan.stats == "first" and (k > 0 or last):
+            if exact:
                 per_frame = took / max(1, hi - lo)
                 old = self.rest_s_per_frame
                 self.rest_s_per_frame = per_frame if old is None else 0.5 * old + 0.5 * per_frame
@@ -315,9 +348,10 @@ class SplitModel:
         style: np.ndarray,
         plan: WindowPlan,
         timings: WindowTimings | None = None,
+        slack_s: float = 0.0,
     ) -> Iterator[WindowChunk]:
         """`render`'s audio with each window's place: first, last, start frame."""
-        spans = self.windows(front, plan)
+        spans = self.windows(front, plan, slack_s)
         for k, audio in enumerate(self.render(front, style, plan, timings, spans)):
             yield WindowChunk(audio, first=k == 0, last=k == len(spans) - 1, frame=spans[k][0])
 

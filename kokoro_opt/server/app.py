@@ -92,7 +92,7 @@ class ServerState:
         s = self.settings
         return PipelineConfig(
             first_segment_chars=s.first_segment_chars,
-            first_segment=s.first_segment or ("sentence" if self.engine.windowed else "clause"),
+            first_segment=s.first_segment or "clause",
             max_segment_chars=s.max_segment_chars,
             growth=s.growth,
             queue_size=s.queue_size,

@@ -408,9 +408,14 @@ class SpeechPipeline:
         lead_s = (LEAD_FIRST_S if piece.first else LEAD_S) if cfg.trim_silence else never
         trail_s = piece.trail_s if cfg.trim_silence else never
 
+        def slack() -> float:  # audio the listener has buffered when the front is done
+            if self.first_audio_at is None:
+                return 0.0
+            return self.first_audio_at + self.audio_s - time.perf_counter()
+
         def work(synth: Synthesizer) -> None:
             t0 = time.perf_counter()
-            for chunk in synth.infer_windows(tokens, style, job.speed):
+            for chunk in synth.infer_windows(tokens, style, job.speed, slack):
                 infer_s = time.perf_counter() - t0
                 samples, nonfinite = finish_chunk(
                     chunk, SAMPLE_RATE, lead_s=lead_s, trail_s=trail_s

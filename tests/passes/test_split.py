@@ -159,23 +159,42 @@ def test_first_policy_is_exact_after_the_first_window(tmp_path: Path) -> None:
     assert float(np.abs(out[: 6 * SAMPLES_PER_FRAME] - ref[: 6 * SAMPLES_PER_FRAME]).max()) > 1e-3
 
 
-def test_first_window_grows_to_stay_ahead_of_playback(tmp_path: Path) -> None:
+def test_first_windows_stay_ahead_of_playback(tmp_path: Path) -> None:
     sm, audio, feeds = _split(tmp_path)
     front = sm.run_front(feeds["tokens"], feeds["style"], 1.0)
-    plan = WindowPlan("first", first=3, lead=0)
+    plan = WindowPlan("first", first=3, lead=0, context=1)
     start = int(front.durations[0])  # the leading pad is not rendered
+    total = front.frames
     assert sm.rest_s_per_frame is None
-    assert sm.windows(front, plan)[0] == (start, start + 3)  # nothing measured yet
+    assert sm.windows(front, plan) == [(start, start + 3), (start + 3, total)]  # none measured
     list(sm.render(front, feeds["style"], plan))
     assert sm.rest_s_per_frame is not None and sm.rest_s_per_frame > 0
     frame_s = SAMPLES_PER_FRAME / 24000
-    sm.rest_s_per_frame = 0.2 * frame_s  # the rest renders at 0.2x real time
-    need = int(np.ceil(1.5 * 0.2 * front.frames))
-    assert sm.windows(front, plan)[0] == (start, start + max(3, need))
+    sm.rest_s_per_frame = 0.2 * frame_s  # the exact render runs at 5x real time
+    spans = sm.windows(front, plan)
+    assert spans[0] == (start, start + 3) and spans[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous
+    sizes = [b - a for a, b in spans[:-1]]
+    assert len(sizes) > 1 and sizes[:-1] == [3 * 2**k for k in range(len(sizes) - 1)]
+    # the approximate windows' audio, less the time the later ones take, covers 1.5x the
+    # exact render of the segment (its generator runs over every frame), and no more
+    need = 1.5 * 0.2 * total
+    ahead = [sum(sizes[: k + 1]) - sum(0.2 * (n + 2 + 1) for n in sizes[1 : k + 1])
+             for k in range(len(sizes))]  # fmt: skip
+    assert ahead[-1] >= need or total - spans[-1][0] <= 3
+    assert all(a < need for a in ahead[:-1])
     fixed = WindowPlan("first", first=3, lead=0, ahead=0)
-    assert sm.windows(front, fixed)[0] == (start, start + 3)
+    assert sm.windows(front, fixed) == [(start, start + 3), (start + 3, total)]
+    # a listener already holding enough audio: one exact render, no windows
+    assert sm.windows(front, plan, slack_s=total * frame_s) == [(start, total)]
     sm.rest_s_per_frame = 10 * frame_s  # slower than real time: nothing to gain
-    assert sm.windows(front, plan) == [(start, front.frames)]
+    assert sm.windows(front, plan) == [(start, total)]
     (out,) = list(sm.render(front, feeds["style"], plan))
     skip = start * SAMPLES_PER_FRAME
     assert float(np.abs(out - audio[skip:]).max()) <= 1e-5  # one exact render
+    sm.rest_s_per_frame = 0.2 * frame_s
+    windowed = np.concatenate(list(sm.render(front, feeds["style"], plan, spans=spans)))
+    # after the approximate windows (and the one-frame cross-fade) the audio is exact
+    after = (spans[-1][0] + 1 - start) * SAMPLES_PER_FRAME
+    assert len(windowed) == len(audio) - skip
+    assert float(np.abs(windowed[after:] - audio[skip + after :]).max()) <= 1e-5
