@@ -19,7 +19,10 @@ segment's):
   own statistics: approximate), then the generator over the whole segment with the segment's
   statistics, cropped after the first window: everything after the first window (and its
   cross-fade) is exactly the original's audio. It costs one extra first window of generator
-  work per segment.
+  work per segment. When the listener holds too little audio to wait for that exact render
+  (it runs the generator over every frame of the segment), more approximate windows follow
+  the first, growing, until their audio covers it (`ahead`); when the listener holds enough,
+  the segment is rendered exactly in one call, no window at all.
 
 Leading pad frames are not rendered beyond `lead` frames before the first spoken frame (the
 first token is the pad; its duration is the leading silence) plus the context they need.
@@ -60,8 +63,9 @@ class WindowPlan:
     first: int = 12
     """Frames in the first window (25 ms each)."""
     ahead: float = 1.5
-    """`first` policy: grow the first window until its audio lasts `ahead` times the measured
-    time of the rest of the segment's render, so playback never runs dry (0: fixed size)."""
+    """`first` policy: approximate windows until their audio (plus what the listener holds)
+    lasts `ahead` times the measured time of the exact render, so playback never runs dry
+    (0: one first window, whatever the timing)."""
     largest: int = 96
     """Windows grow from `first` up to this many frames."""
     grow: float = 2.0

@@ -62,3 +62,29 @@ def test_finish_chunk_ramps_only_the_segment_ends() -> None:
     last, nonfinite = finish_chunk(WindowChunk(bad, first=False, last=True, frame=9), 24000,
                                    lead_s=0.05, trail_s=0.3)  # fmt: skip
     assert nonfinite == 3 and last[-1] == 0.0 and last[100] == 0.5
+
+
+def test_only_a_listener_without_audio_gets_windows(split_model: tuple[Path, Path]) -> None:
+    """The first segment is windowed (nothing plays yet); later ones, with the earlier audio
+    still playing (the synthetic model renders far faster than real time), come in one exact
+    render each."""
+    from collections import Counter
+
+    from kokoro_opt.runtime.segment import SegmentPolicy
+
+    model, folder = split_model
+    policy = SegmentPolicy(first_max_chars=12, max_chars=60)
+    synth = Synthesizer(
+        model,
+        split=folder,
+        window=WindowPlan("first", first=2),
+        threads=1,
+        segment_policy=policy,
+        trim=False,  # the synthetic model's audio is quiet: trimmed, little would be left
+    )
+    list(synth.stream(TEXT, voice="jf_alpha"))  # measures the exact render's speed
+    assert synth.split is not None and synth.split.rest_s_per_frame is not None
+    per_segment = Counter(c.segment for c in synth.stream(TEXT, voice="jf_alpha"))
+    assert len(per_segment) >= 3
+    assert per_segment[0] >= 2
+    assert all(n == 1 for segment, n in per_segment.items() if segment > 0)
