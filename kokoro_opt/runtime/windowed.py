@@ -20,9 +20,9 @@ segment's):
   statistics, cropped after the first window: everything after the first window (and its
   cross-fade) is exactly the original's audio. It costs one extra first window of generator
   work per segment. When the listener holds too little audio to wait for that exact render
-  (it runs the generator over every frame of the segment), more approximate windows follow
-  the first, growing, until their audio covers it (`ahead`); when the listener holds enough,
-  the segment is rendered exactly in one call, no window at all.
+  (it runs the generator over every frame of the segment), one more approximate window
+  follows the first, sized so that its audio covers it (`ahead`); when the listener holds
+  enough, the segment is rendered exactly in one call, no window at all.
 
 Leading pad frames are not rendered beyond `lead` frames before the first spoken frame (the
 first token is the pad; its duration is the leading silence) plus the context they need.
@@ -63,9 +63,9 @@ class WindowPlan:
     first: int = 12
     """Frames in the first window (25 ms each)."""
     ahead: float = 1.5
-    """`first` policy: approximate windows until their audio (plus what the listener holds)
-    lasts `ahead` times the measured time of the exact render, so playback never runs dry
-    (0: one first window, whatever the timing)."""
+    """`first` policy: a bridging window after the first when their audio (plus what the
+    listener holds) would not last `ahead` times the measured time of the exact render, so
+    playback never runs dry (0: the first window alone, whatever the timing)."""
     largest: int = 96
     """Windows grow from `first` up to this many frames."""
     grow: float = 2.0
@@ -246,36 +246,35 @@ class SplitModel:
     def _first_spans(
         self, frames: int, start: int, total: int, plan: WindowPlan, slack_s: float
     ) -> list[tuple[int, int]]:
-        """`first` policy: approximate windows (growing from `plan.first`) until the audio
-        they add covers `ahead` times the exact render of the rest, then that exact render.
-        The exact render runs the generator over all `frames` of the segment, so its time is
-        known from the last ones (`rest_s_per_frame`); before any was measured, one first
-        window."""
+        """`first` policy: the first window, then, when the listener could run dry before the
+        exact render of the rest is done, one bridging window whose audio covers `ahead` times
+        that render, then the exact render. It runs the generator over all `frames` of the
+        segment, so its time is known from the last ones (`rest_s_per_frame`); before any was
+        measured, the first window alone. One bridging window rather than several small ones:
+        its statistics see more frames (log-mel to the exact audio 0.58 vs 0.62 on the 80
+        held-out primers, see docs/findings/windowed.md)."""
         frame_s = self.samples_per_frame / SAMPLE_RATE
         per_frame = self.rest_s_per_frame
-        if per_frame is None:
-            end = min(total, start + plan.first)
-            return [(start, total)] if end >= total else [(start, end), (end, total)]
+        first_end = min(total, start + plan.first)
+        if first_end >= total:
+            return [(start, total)]
+        if per_frame is None or plan.ahead == 0:
+            return [(start, first_end), (first_end, total)]
         need_s = plan.ahead * per_frame * frames - slack_s
         if (slack_s > 0 and need_s <= 0) or per_frame >= frame_s:
             # the buffer covers an exact render, or windows could never get ahead of playback
             return [(start, total)]
+        # the bridge adds its audio and costs its own render (the first one plays at once)
         context = self.context_frames(plan)
-        spans: list[tuple[int, int]] = []
-        size, a, ahead_s = plan.first, start, 0.0
-        while total - a > plan.first:
-            end = min(total - plan.first, a + size)
-            spans.append((a, end))
-            # each window adds its audio and, after the first (played at once), costs its time
-            ahead_s += (end - a) * frame_s
-            if len(spans) > 1:
-                ahead_s -= per_frame * (end - a + 2 * context + plan.overlap)
-            a = end
-            if plan.ahead == 0 or ahead_s >= need_s:
-                break
-            size = min(plan.largest, int(size * plan.grow))
-        spans.append((a, total))
-        return spans
+        short_s = need_s - (first_end - start) * frame_s
+        if short_s <= 0:
+            return [(start, first_end), (first_end, total)]
+        cost_s = per_frame * (2 * context + plan.overlap)
+        bridge = int(np.ceil((short_s + cost_s) / (frame_s - per_frame)))
+        bridge_end = min(total - plan.first, first_end + bridge)
+        if bridge_end <= first_end:
+            return [(start, first_end), (first_end, total)]
+        return [(start, first_end), (first_end, bridge_end), (bridge_end, total)]
 
     def render(
         self,

@@ -64,14 +64,19 @@ def test_finish_chunk_ramps_only_the_segment_ends() -> None:
     assert nonfinite == 3 and last[-1] == 0.0 and last[100] == 0.5
 
 
-def test_only_a_listener_without_audio_gets_windows(split_model: tuple[Path, Path]) -> None:
+def test_only_a_listener_without_audio_gets_windows(
+    split_model: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The first segment is windowed (nothing plays yet); later ones, with the earlier audio
-    still playing (the synthetic model renders far faster than real time), come in one exact
-    render each."""
+    still playing, come in one exact render each. The playback clock is frozen, so a busy test
+    machine cannot make the listener run dry."""
+    import types
     from collections import Counter
 
+    from kokoro_opt.runtime import audio as audio_module
     from kokoro_opt.runtime.segment import SegmentPolicy
 
+    monkeypatch.setattr(audio_module, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
     model, folder = split_model
     policy = SegmentPolicy(first_max_chars=12, max_chars=60)
     synth = Synthesizer(
