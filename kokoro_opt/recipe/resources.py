@@ -113,6 +113,24 @@ class StepMeter:
         self._sampled = max(self._sampled, total)
 
 
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the operating system (glibc's `malloc_trim`; a
+    no-op elsewhere). glibc keeps memory a process freed resident for reuse: after the
+    optimize step on Kokoro FP32, 1.23 GB of the 1.34 GB the process held was free heap (the
+    325 MB model proto and its copies), and the next step started with all of it resident.
+    The runner calls this after every step."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass
+
+
 def own_rss_mb() -> float:
     """This process's current RSS in MB."""
     try:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from kokoro_opt.recipe.resources import StepMeter, own_peak_rss_mb
+from kokoro_opt.recipe.resources import StepMeter, own_peak_rss_mb, release_free_memory
 from kokoro_opt.recipe.schema import Recipe, Step, model_source_path
 from kokoro_opt.recipe.steps import STEP_KINDS, Artifact, StepInput, StepOutput
 
@@ -189,6 +189,7 @@ class _Run:
             began = time.perf_counter()
             try:
                 self._step(step, record)
+                release_free_memory()
             except BaseException as exc:
                 record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 record.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
