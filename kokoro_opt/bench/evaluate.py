@@ -191,8 +191,8 @@ def evaluate(
     try:
         asr_speed = _load_asr(config, run)
         refs = tuple(run.share(models[k].path) for k in order)
-        phonemes = _phonemize_all(refs[0], texts, lang, config.provider, config.lexicon)
         threads = run.task_threads(config.threads)
+        phonemes = _phonemize_all(refs[0], texts, lang, config.provider, threads, config.lexicon)
         asr_threads = run.task_threads(config.asr_threads) if config.asr else None
         tasks = [
             PhonemeTask(i, tuple(p), refs, pack, speed, config.provider, threads, asr_threads,
@@ -233,14 +233,22 @@ def _load_asr(config: EvalConfig, executor: Executor) -> AsrSpeed | None:
 
 
 def _phonemize_all(
-    model: FileRef, texts: list[str], lang: str, provider: str, lexicon: Lexicon | None = None
+    model: FileRef,
+    texts: list[str],
+    lang: str,
+    provider: str,
+    threads: int | None,
+    lexicon: Lexicon | None = None,
 ) -> list[list[str]]:
-    """Each text's phoneme pieces, once, with the runtime's G2P (every model gets these)."""
+    """Each text's phoneme pieces, once, with the runtime's G2P (every model gets these).
+
+    The reference's synthesizer is made with the tasks' thread count, so in this process the
+    tasks reuse it (another thread count would make a second session of the same model)."""
     from kokoro_opt.measure import workers
     from kokoro_opt.runtime.g2p import get_g2p
 
     get_g2p(lang)
-    synth = workers.synthesizer(model, provider=provider, threads=None)
+    synth = workers.synthesizer(model, provider=provider, threads=threads)
     return [_phonemize(synth, text, lang, i, lexicon) for i, text in enumerate(texts)]
 
 

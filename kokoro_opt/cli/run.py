@@ -124,9 +124,11 @@ class _Display:
         self.tasks.clear()
         self.bar.advance(self.overall)
         style = {"ran": "green", "cached": "cyan"}.get(record.status, "red")
+        cost = _seconds(record.elapsed_s)
+        if record.status != "cached" and record.usage:
+            cost += f", peak {_memory(record.usage['peak_rss_mb'])}"
         self.bar.console.print(
-            f"[{style}]{record.status:>11}[/] {step.id} ({_seconds(record.elapsed_s)})",
-            highlight=False,
+            f"[{style}]{record.status:>11}[/] {step.id} ({cost})", highlight=False
         )
 
     def progress(self, task: str, completed: int, total: int) -> None:
@@ -145,6 +147,8 @@ def _render(result: RunResult) -> None:
     table.add_column("step")
     table.add_column("status")
     table.add_column("time", justify="right")
+    table.add_column("CPU", justify="right")
+    table.add_column("peak RSS", justify="right")
     table.add_column("result")
     for record in result.steps:
         status = {"ran": "[green]ran[/]", "cached": "[cyan]cached[/]"}.get(
@@ -153,8 +157,20 @@ def _render(result: RunResult) -> None:
         time_text = _seconds(record.elapsed_s)
         if record.status == "cached" and record.original_elapsed_s is not None:
             time_text += f" (ran {_seconds(record.original_elapsed_s)})"
-        table.add_row(record.id, status, time_text, _result_text(record))
+        usage = record.usage or {}
+        cpu_text = _seconds(usage["cpu_s"]) if "cpu_s" in usage else ""
+        peak_text = _memory(usage["peak_rss_mb"]) if "peak_rss_mb" in usage else ""
+        if record.status == "cached" and usage:
+            cpu_text, peak_text = f"({cpu_text})", f"({peak_text})"
+        table.add_row(record.id, status, time_text, cpu_text, peak_text, _result_text(record))
     console.print(table)
+    peak = manifest.get("peak_rss_mb")
+    total = manifest.get("elapsed_s")
+    if peak is not None and total is not None:
+        console.print(
+            f"Run: {_seconds(total)}, peak RSS {_memory(peak)} (cached steps cost nothing here).",
+            highlight=False,
+        )
     console.print(f"Run folder: {result.run_dir}", highlight=False)
     if result.model is not None:
         console.print(f"Model: {result.model}", highlight=False)
@@ -192,6 +208,10 @@ def _result_text(record: StepRecord) -> str:
     if "text" in s:
         return str(s["text"])
     return ""
+
+
+def _memory(mb: float) -> str:
+    return f"{mb:.0f} MB" if mb < 1000 else f"{mb / 1000:.2f} GB"
 
 
 def _seconds(value: float) -> str:

@@ -543,8 +543,11 @@ def _histogram_graph(
     in float64, the arithmetic numpy did on the float32 tensor when this ran outside the
     graph, so the counts are the same; a ScatterElements adds one per value into its bin.
     Inside the graph each tensor is freed once counted, where graph outputs had to stay alive to
-    the end of the run (2.6 GB more for one long Kokoro sample). Returns the output names in
-    the order of `tensors`.
+    the end of the run (2.6 GB more for one long Kokoro sample). Each tensor's counting nodes
+    are placed right after the node that makes it: ORT's priority-based order breaks ties by
+    node position, so nodes appended at the end waited until the rest of the graph had run and
+    their float64 copies piled up (3.53 GB against 1.52 GB for the long sample). Returns the
+    output names in the order of `tensors`.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -559,6 +562,7 @@ def _histogram_graph(
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in shared.items())
     one = numpy_helper.from_array(np.ones(1, np.int64))
     names: list[str] = []
+    chains: dict[str, list[onnx.NodeProto]] = {}
     for i, tensor in enumerate(tensors):
         p = f"hist/{i}"
         graph.initializer.extend(
@@ -567,7 +571,7 @@ def _histogram_graph(
                 numpy_helper.from_array(np.array(spans[i], np.float64), f"{p}/span"),
             ]
         )
-        graph.node.extend(
+        chains.setdefault(tensor, []).extend(
             [
                 helper.make_node("Reshape", [tensor, "hist/flat"], [f"{p}/flat"]),
                 helper.make_node("Cast", [f"{p}/flat"], [f"{p}/x64"], to=TensorProto.DOUBLE),
@@ -593,7 +597,24 @@ def _histogram_graph(
             helper.make_tensor_value_info(f"{p}/histogram", TensorProto.INT64, [HISTOGRAM_BINS])
         )
         names.append(f"{p}/histogram")
+    _place_after_producers(graph, chains)
     return names
+
+
+def _place_after_producers(graph: onnx.GraphProto, chains: dict[str, list[onnx.NodeProto]]) -> None:
+    """Rebuild `graph.node` with each chain (reading tensor `name`) right after the node that
+    makes `name`; chains of graph inputs come first (the order stays topological)."""
+    ordered: list[onnx.NodeProto] = []
+    for name in [x.name for x in graph.input if x.name in chains]:
+        ordered.extend(chains.pop(name))
+    for node in graph.node:
+        ordered.append(node)
+        for name in node.output:
+            ordered.extend(chains.pop(name, []))
+    for rest in chains.values():  # not made by any node (an initializer): at the end, as before
+        ordered.extend(rest)
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def central_range(counts: np.ndarray, low: float, high: float, keep: float) -> tuple[float, float]:

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from kokoro_opt.recipe.resources import StepMeter, own_peak_rss_mb, release_free_memory
 from kokoro_opt.recipe.schema import Recipe, Step, model_source_path
 from kokoro_opt.recipe.steps import STEP_KINDS, Artifact, StepInput, StepOutput
 
@@ -61,6 +62,9 @@ class StepRecord:
     elapsed_s: float = 0.0
     original_elapsed_s: float | None = None
     """For a cached step: how long it took when it ran."""
+    usage: dict[str, Any] | None = None
+    """What the step's work cost (`resources.StepUsage.to_dict`: wall_s, cpu_s, peak_rss_mb,
+    start_rss_mb); for a cached step, what it cost when it ran (None if not recorded)."""
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -73,6 +77,7 @@ class StepRecord:
             "key": self.key,
             "elapsed_s": round(self.elapsed_s, 3),
             "original_elapsed_s": self.original_elapsed_s,
+            "usage": self.usage,
             "outputs": self.outputs,
             "summary": self.summary,
             "error": self.error,
@@ -184,6 +189,7 @@ class _Run:
             began = time.perf_counter()
             try:
                 self._step(step, record)
+                release_free_memory()
             except BaseException as exc:
                 record.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                 record.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -219,6 +225,7 @@ class _Run:
         if entry is not None:
             record.status = "cached"
             record.original_elapsed_s = entry.get("elapsed_s")
+            record.usage = entry.get("usage")
         else:
             with self.cache.staging() as staging:
                 work = Path(tempfile.mkdtemp(prefix="work-", dir=staging))
@@ -234,14 +241,19 @@ class _Run:
                     ),
                     names=names,
                 )
-                began = time.perf_counter()
-                output = kind.run(inp)
+                meter = StepMeter()
+                try:
+                    with meter:
+                        output = kind.run(inp)
+                finally:
+                    record.usage = meter.usage.to_dict() if meter.usage else None
                 shutil.rmtree(work, ignore_errors=True)
                 entry = {
                     "kind": step.kind,
                     "key": key,
                     "created": datetime.now(timezone.utc).astimezone().isoformat(),
-                    "elapsed_s": round(time.perf_counter() - began, 3),
+                    "elapsed_s": (record.usage or {}).get("wall_s"),
+                    "usage": record.usage,
                     "output": _output_dict(output),
                     "summary": output.summary,
                     "material": material,
@@ -406,6 +418,13 @@ class _Run:
         write_json_atomic(self.run_dir / MANIFEST_FILE, manifest)
         return manifest
 
+    def peak_rss_mb(self) -> float | None:
+        """The run's peak RSS so far in MB: this process's high-water mark, or a step's peak
+        when its child processes took it higher (cached steps cost nothing in this run)."""
+        ran = [r.usage["peak_rss_mb"] for r in self.records if r.status != "cached" and r.usage]
+        peaks = [p for p in (own_peak_rss_mb(), *ran) if p is not None]
+        return round(max(peaks), 1) if peaks else None
+
     def manifest(self) -> dict[str, Any]:
         from kokoro_opt.graph.io import sha256_file
         from kokoro_opt.recipe.artifacts import versions
@@ -438,6 +457,7 @@ class _Run:
                 mode="json"
             ),
             "steps": [r.to_dict() for r in self.records],
+            "peak_rss_mb": self.peak_rss_mb(),
             "outputs": {
                 "model": str(self.final_model) if self.final_model else None,
                 "model_sha256": self.model.sha256 if self.final_model and self.model else None,

@@ -177,3 +177,26 @@ def test_utterance_ids_follow_the_text() -> None:
     assert a == utterance_ids(["Ho.", "Hi."])[1]
     assert len({a, b, a2, c}) == 4 and a2 == f"{a}-2"
     assert all(i.startswith("t") for i in (a, b, c))
+
+
+def test_each_model_gets_one_session_in_this_process(
+    synthetic_fp32: Path, synthetic_int8: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phonemizing and rendering share the reference's session (a second session of the same
+    model cost the recipe's eval step time and memory)."""
+    from kokoro_opt.runtime import synthesizer
+
+    made: list[str] = []
+    real = synthesizer.create_session
+
+    def counting(path: Path, **kwargs: object) -> object:
+        made.append(Path(path).name)
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(synthesizer, "create_session", counting)
+    models = [BenchModel("fp32", synthetic_fp32), BenchModel("int8", synthetic_int8)]
+    for threads in (None, 1):
+        made.clear()
+        config = EvalConfig(texts=TEXTS, reference="fp32", asr=False, threads=threads)
+        evaluate(models, config)
+        assert sorted(made) == sorted([synthetic_fp32.name, synthetic_int8.name])

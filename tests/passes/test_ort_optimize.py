@@ -81,3 +81,14 @@ def test_model_ort_cannot_load_is_a_format_error(ctx: PassContext) -> None:
 def test_level_is_an_enum() -> None:
     with pytest.raises(ValueError):
         ort_optimize.Config(level="aggressive")  # type: ignore[arg-type]
+
+
+def test_input_model_is_left_as_it_was(synthetic_fp32: Path, ctx: PassContext) -> None:
+    # The pass serializes its input for ORT without copying it first (one copy of the weights
+    # less in memory); the input must still come back unchanged.
+    model = onnx.load(str(synthetic_fp32))
+    before = model.SerializeToString()
+    result = ort_optimize.run(model, ort_optimize.Config(level="extended"), ctx)
+    assert model.SerializeToString() == before
+    assert result.details["nodes_before"] == len(model.graph.node)
+    assert result.details["nodes_after"] < result.details["nodes_before"]
