@@ -32,6 +32,7 @@ from kokoro_opt.runtime.segment import SegmentPolicy, is_speakable, segment_text
 from kokoro_opt.runtime.session import create_session
 from kokoro_opt.runtime.timestamps import (
     PhonemeWord,
+    WindowWords,
     WordTiming,
     locate_pieces,
     shift,
@@ -463,22 +464,32 @@ class Synthesizer:
         pieces: Iterator[_Piece | _Gap],
     ) -> Generator[AudioChunk, None, tuple[_Piece | _Gap | None, int]]:
         """One AudioChunk per window of one piece; returns the next piece (looked up before
-        the last window is yielded, so `is_last` is right) and the next chunk number. Windowed
-        chunks carry no word timings."""
+        the last window is yielded, so `is_last` is right) and the next chunk number. Each
+        chunk carries the words that start in it (`timestamps.WindowWords`)."""
         from kokoro_opt.runtime.windowed import finish_chunk
 
         index, segment, phonemes = current.index, current.text, current.phonemes
         tokens = tokenize(phonemes)
+        timed = self.window_words(current.words, phonemes)
         upcoming: _Piece | _Gap | None = None
         t0 = time.perf_counter()
         for chunk in self.infer_windows(tokens, style_for(pack, len(tokens)), speed):
             infer_ms = (time.perf_counter() - t0) * 1e3
-            samples, nonfinite = finish_chunk(
+            samples, nonfinite, cut = finish_chunk(
                 chunk,
                 SAMPLE_RATE,
                 lead_s=0.05 if self.trim else 1e9,
                 trail_s=0.3 if self.trim else 1e9,
             )
+            words: list[WordTiming] = []
+            if timed is not None and chunk.durations is not None:
+                words = timed.take(
+                    chunk.durations,
+                    frame=chunk.frame,
+                    cut=cut,
+                    samples=len(samples),
+                    last=chunk.last,
+                )
             if chunk.last:
                 upcoming = next(pieces, None)
             yield AudioChunk(
@@ -495,10 +506,23 @@ class Synthesizer:
                     "audio_s": len(samples) / SAMPLE_RATE,
                 },
                 nonfinite=nonfinite,
+                words=tuple(words),
             )
             seq += 1
             t0 = time.perf_counter()
         return upcoming, seq
+
+    def window_words(self, words: list[PhonemeWord], phonemes: str) -> WindowWords | None:
+        """The word timer of one windowed model call (None without timestamps)."""
+        if not self.timestamps or self.split is None:
+            return None
+        return WindowWords(
+            words,
+            phonemes=phonemes,
+            tokens=len(tokenize(phonemes)),
+            samples_per_frame=self.split.samples_per_frame,
+            sample_rate=SAMPLE_RATE,
+        )
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,76 @@ def word_timings(
     return out
 
 
+class WindowWords:
+    """A windowed segment's words (`runtime.windowed`), handed to its chunks in order: each
+    chunk gets the words whose start falls in it, in seconds from its first sample.
+
+    The words are timed once, from the front's durations, in seconds of the segment's whole
+    raw audio (frame f starts at sample f * samples_per_frame, as in a whole-segment call); a
+    chunk sits there at its first frame (`WindowChunk.frame`: the skipped leading pad counts)
+    plus the samples `finish_chunk` trimmed from its start. So a word gets the time a
+    whole-segment render trimmed at the same sample gives it. The first chunk also takes the
+    words before it (start clamped to 0), the last one those after it; only the last chunk
+    clamps ends to its length (a word running past a chunk ends in the next one).
+    """
+
+    def __init__(
+        self,
+        words: Sequence[PhonemeWord],
+        *,
+        phonemes: str,
+        tokens: int,
+        samples_per_frame: int,
+        sample_rate: int,
+    ) -> None:
+        self.words = list(words)
+        self.phonemes = phonemes
+        self.tokens = tokens
+        self.samples_per_frame = samples_per_frame
+        self.sample_rate = sample_rate
+        self._timed: list[WordTiming] | None = None
+        self._next = 0
+
+    def take(
+        self,
+        durations: np.ndarray,
+        *,
+        frame: int,
+        cut: int,
+        samples: int,
+        last: bool,
+    ) -> list[WordTiming]:
+        """The words of the next chunk: it starts `cut` samples into frame `frame` of the
+        segment and holds `samples` samples."""
+        if self._timed is None:
+            frames = np.asarray(durations).reshape(-1)[: self.tokens + 2]  # pads included
+            total = int(round(float(frames.astype(np.float64).sum())))
+            self._timed = word_timings(
+                self.words,
+                frames,
+                raw_samples=total * self.samples_per_frame,
+                sample_rate=self.sample_rate,
+                phonemes=self.phonemes,
+            )
+        start = (frame * self.samples_per_frame + cut) / self.sample_rate
+        length = samples / self.sample_rate
+        out: list[WordTiming] = []
+        while self._next < len(self._timed):
+            word = self._timed[self._next]
+            if not last and word.start >= start + length:
+                break
+            hi = length if last else float("inf")
+            out.append(
+                WordTiming(
+                    word.word,
+                    min(max(word.start - start, 0.0), hi),
+                    min(max(word.end - start, 0.0), hi),
+                )
+            )
+            self._next += 1
+        return out
+
+
 def shift(words: Iterable[WordTiming], seconds: float) -> list[WordTiming]:
     """The same words moved later by `seconds`."""
     return [WordTiming(w.word, w.start + seconds, w.end + seconds) for w in words]
