@@ -481,15 +481,7 @@ class Synthesizer:
                 lead_s=0.05 if self.trim else 1e9,
                 trail_s=0.3 if self.trim else 1e9,
             )
-            words: list[WordTiming] = []
-            if timed is not None and chunk.durations is not None:
-                words = timed.take(
-                    chunk.durations,
-                    frame=chunk.frame,
-                    cut=cut,
-                    samples=len(samples),
-                    last=chunk.last,
-                )
+            words = timed.take(chunk, cut=cut, samples=len(samples)) if timed else []
             if chunk.last:
                 upcoming = next(pieces, None)
             yield AudioChunk(

@@ -8,6 +8,7 @@ frame is `len(raw audio) / sum(durations)` samples (600 at 24 kHz for Kokoro v1.
 
     phonemes, words = phoneme_words(tokens)        # from the G2P, per segment
     timings = word_timings(piece_words, durations, raw_samples=len(raw), lead_cut=start)
+    timer = WindowWords(piece_words, ...)           # windowed: timer.take(chunk, ...) per window
 
 Times are seconds from the start of the audio they belong to; `shift` moves them along a stream.
 Output formats: JSON records (`WordTiming.to_dict`), SubRip (`to_srt`) and WebVTT (`to_vtt`).
@@ -43,6 +44,14 @@ class TokenLike(Protocol):
     text: str
     phonemes: str | None
     whitespace: str
+
+
+class ChunkLike(Protocol):
+    """What `WindowWords` reads of a window's chunk (`runtime.windowed.WindowChunk`)."""
+
+    frame: int
+    last: bool
+    durations: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -218,19 +227,13 @@ class WindowWords:
         self._timed: list[WordTiming] | None = None
         self._next = 0
 
-    def take(
-        self,
-        durations: np.ndarray,
-        *,
-        frame: int,
-        cut: int,
-        samples: int,
-        last: bool,
-    ) -> list[WordTiming]:
-        """The words of the next chunk: it starts `cut` samples into frame `frame` of the
-        segment and holds `samples` samples."""
+    def take(self, chunk: ChunkLike, *, cut: int, samples: int) -> list[WordTiming]:
+        """The words of the next chunk: it starts `cut` samples into frame `chunk.frame` of the
+        segment and holds `samples` samples (none when the chunk has no durations)."""
+        if chunk.durations is None:
+            return []
         if self._timed is None:
-            frames = np.asarray(durations).reshape(-1)[: self.tokens + 2]  # pads included
+            frames = np.asarray(chunk.durations).reshape(-1)[: self.tokens + 2]  # pads too
             total = int(round(float(frames.astype(np.float64).sum())))
             self._timed = word_timings(
                 self.words,
@@ -239,14 +242,14 @@ class WindowWords:
                 sample_rate=self.sample_rate,
                 phonemes=self.phonemes,
             )
-        start = (frame * self.samples_per_frame + cut) / self.sample_rate
+        start = (chunk.frame * self.samples_per_frame + cut) / self.sample_rate
         length = samples / self.sample_rate
+        hi = length if chunk.last else float("inf")
         out: list[WordTiming] = []
         while self._next < len(self._timed):
             word = self._timed[self._next]
-            if not last and word.start >= start + length:
+            if not chunk.last and word.start >= start + length:
                 break
-            hi = length if last else float("inf")
             out.append(
                 WordTiming(
                     word.word,

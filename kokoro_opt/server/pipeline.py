@@ -417,10 +417,7 @@ class SpeechPipeline:
                 samples, nonfinite, cut = finish_chunk(
                     chunk, SAMPLE_RATE, lead_s=lead_s, trail_s=trail_s
                 )
-                words: list[WordTiming] = []
-                if timed is not None and chunk.durations is not None:
-                    words = timed.take(chunk.durations, frame=chunk.frame, cut=cut,
-                                       samples=len(samples), last=chunk.last)  # fmt: skip
+                words = timed.take(chunk, cut=cut, samples=len(samples)) if timed else []
                 if self._closing:
                     return
                 handoff = asyncio.run_coroutine_threadsafe(

@@ -15,7 +15,7 @@ from kokoro_opt.passes.base import PassContext
 from kokoro_opt.runtime.segment import SegmentPolicy
 from kokoro_opt.runtime.synthesizer import SAMPLE_RATE, AudioChunk, Synthesizer
 from kokoro_opt.runtime.timestamps import PhonemeWord, WindowWords, shift, word_timings
-from kokoro_opt.runtime.windowed import WindowPlan
+from kokoro_opt.runtime.windowed import WindowChunk, WindowPlan
 from tests.passes.split_graphs import timed_anatomy_model
 
 TEXT = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
@@ -48,8 +48,9 @@ def test_chunks_get_the_times_of_one_call_trimmed_at_the_same_sample() -> None:
                         sample_rate=SAMPLE_RATE)  # fmt: skip
     got, per_chunk, offset = [], [], 0
     for k, ((a, _), n) in enumerate(zip(frames, lengths, strict=True)):
-        chunk = timer.take(durations, frame=a, cut=cut if k == 0 else 0, samples=n,
-                           last=k == len(frames) - 1)  # fmt: skip
+        window = WindowChunk(np.zeros(0), first=k == 0, last=k == len(frames) - 1, frame=a,
+                             durations=durations)  # fmt: skip
+        chunk = timer.take(window, cut=cut if k == 0 else 0, samples=n)
         per_chunk.append([w.word for w in chunk])
         assert all(0 <= w.start <= n / SAMPLE_RATE for w in chunk)  # each starts in its chunk
         got += shift(chunk, offset / SAMPLE_RATE)
