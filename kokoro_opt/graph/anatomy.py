@@ -9,13 +9,15 @@ Kokoro (StyleTTS 2 + iSTFTNet) turns tokens into audio in two halves joined at t
 - the back: the decoder (AdaIN blocks at the frame rate) and the generator, whose harmonic
   source accumulates the F0 phase with a `CumSum` feeding `Sin`.
 
-`find_anatomy` locates these pieces: the durations are the `Clip` of a `Round`; the alignment
-products are the MatMuls that read a tensor derived from the durations and a token-derived
-tensor that is not; the harmonic source is the `CumSum` after the alignment whose result
-reaches a `Sin`; the curves are the one-output-channel Convs after the alignment that no other
-such Conv feeds. The back half is what the audio needs, walking back from the graph's output
-and stopping at the alignment products and the curves; it must read nothing of the front but
-those and the `style` input. Anything else is not a Kokoro graph (`NotKokoroError`).
+`find_anatomy` locates these pieces: the durations are the tensor the alignment's `CumSum`
+reads, coming from a `Clip` of a `Round` (`graph.durations.duration_tensors`, the one finder
+the `durations` pass uses too); the alignment products are the MatMuls that read a tensor
+derived from the durations and a token-derived tensor that is not; the harmonic source is the
+`CumSum` after the alignment whose result reaches a `Sin`; the curves are the
+one-output-channel Convs after the alignment that no other such Conv feeds. The back half is
+what the audio needs, walking back from the graph's output and stopping at the alignment
+products and the curves; it must read nothing of the front but those and the `style` input.
+Anything else is not a Kokoro graph (`NotKokoroError`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import onnx
 
 from kokoro_opt.errors import UserInputError
+from kokoro_opt.graph.durations import duration_tensors
 from kokoro_opt.graph.edit import GraphIndex
 
 _SEQUENTIAL = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
@@ -41,7 +44,8 @@ class Anatomy:
     """Tensor names of Kokoro's pieces in one graph."""
 
     durations: str
-    """Per-token durations in frames (the `Clip` of the `Round`)."""
+    """Per-token durations in frames: the tensor the alignment's `CumSum` reads (the `Clip` of
+    the `Round` after shape-only ops), as `graph.durations` finds it."""
     features: tuple[str, ...]
     """The alignment products the back half reads (aligned text features, [1, C, F])."""
     curves: tuple[str, ...]
@@ -66,7 +70,7 @@ def find_anatomy(model: onnx.ModelProto) -> Anatomy:
     index = GraphIndex(graph)
     inputs = {i.name for i in graph.input} - set(index.initializers)
 
-    durations = _durations(graph, index)
+    durations = _durations(model)
     from_durations = descendants(index, [durations])
     token_inputs = [name for name in inputs if name == "tokens" or name == "input_ids"]
     from_tokens = descendants(index, token_inputs or sorted(inputs))
@@ -143,15 +147,17 @@ def ancestor_nodes(model: onnx.ModelProto, targets: Iterable[str]) -> list[onnx.
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _durations(graph: onnx.GraphProto, index: GraphIndex) -> str:
-    for node in graph.node:
-        if node.op_type != "Clip":
-            continue
-        producer = index.producer.get(node.input[0])
-        if producer is not None and producer.op_type == "Round":
-            return node.output[0]
+def _durations(model: onnx.ModelProto) -> str:
+    found = duration_tensors(model)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NotKokoroError(
+            "Not a Kokoro graph: no duration predictor (a Round followed by a Clip) was found."
+        )
     raise NotKokoroError(
-        "Not a Kokoro graph: no duration predictor (a Round followed by a Clip) was found."
+        f"Not a Kokoro graph: {len(found)} duration predictors (a Round followed by a Clip "
+        "feeding a CumSum) were found; Kokoro has one."
     )
 
 

@@ -55,6 +55,25 @@ def find_duration_tensor(model: onnx.ModelProto) -> str:
 
     Raises ModelFormatError when there is no such chain or more than one.
     """
+    hits = duration_tensors(model)
+    if len(hits) != 1:
+        problem = "no" if not hits else f"{len(hits)}"
+        raise ModelFormatError(
+            f"Cannot find Kokoro's duration predictor in this graph: {problem} CumSum fed by "
+            "Round -> Clip (expected exactly one), so word timestamps are not available for it."
+        )
+    return hits[0]
+
+
+def duration_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every tensor that feeds a CumSum and comes from Clip(Round(...)) through shape-only ops
+    (sorted; Kokoro has exactly one: its per-token durations, read by the alignment).
+
+    The one structural finder of the duration predictor: the `durations` pass exposes the
+    tensor, `graph.anatomy` (the split's front) exposes the same tensor. A `Clip` of a `Round`
+    alone is not enough: static INT8 graphs round and clip elsewhere too (the cpu-int8 recipe's
+    model has 27 such pairs, one of them the durations).
+    """
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     hits: set[str] = set()
@@ -63,13 +82,7 @@ def find_duration_tensor(model: onnx.ModelProto) -> str:
             continue
         if _reaches_round_clip(node.input[0], producer):
             hits.add(node.input[0])
-    if len(hits) != 1:
-        problem = "no" if not hits else f"{len(hits)}"
-        raise ModelFormatError(
-            f"Cannot find Kokoro's duration predictor in this graph: {problem} CumSum fed by "
-            "Round -> Clip (expected exactly one), so word timestamps are not available for it."
-        )
-    return hits.pop()
+    return sorted(hits)
 
 
 def _reaches_round_clip(tensor: str, producer: dict[str, onnx.NodeProto]) -> bool:

@@ -38,6 +38,7 @@ from kokoro_opt.runtime.segment import SegmentPolicy, is_speakable, segment_text
 from kokoro_opt.runtime.session import create_session
 from kokoro_opt.runtime.timestamps import (
     PhonemeWord,
+    WindowWords,
     WordTiming,
     locate_pieces,
     shift,
@@ -477,23 +478,25 @@ class Synthesizer:
         clock: PlaybackClock,
     ) -> Generator[AudioChunk, None, tuple[_Piece | _Gap | None, int]]:
         """One AudioChunk per window of one piece; returns the next piece (looked up before
-        the last window is yielded, so `is_last` is right) and the next chunk number. Windowed
-        chunks carry no word timings."""
+        the last window is yielded, so `is_last` is right) and the next chunk number. Each
+        chunk carries the words that start in it (`timestamps.WindowWords`)."""
         from kokoro_opt.runtime.windowed import finish_chunk
 
         index, segment, phonemes = current.index, current.text, current.phonemes
         tokens = tokenize(phonemes)
+        timed = self.window_words(current.words, phonemes)
         upcoming: _Piece | _Gap | None = None
         t0 = time.perf_counter()
         style = style_for(pack, len(tokens))
         for chunk in self.infer_windows(tokens, style, speed, clock.slack_s):
             infer_ms = (time.perf_counter() - t0) * 1e3
-            samples, nonfinite = finish_chunk(
+            samples, nonfinite, cut = finish_chunk(
                 chunk,
                 SAMPLE_RATE,
                 lead_s=0.05 if self.trim else 1e9,
                 trail_s=0.3 if self.trim else 1e9,
             )
+            words = timed.take(chunk, cut=cut, samples=len(samples)) if timed else []
             if chunk.last:
                 upcoming = next(pieces, None)
             clock.add(len(samples))
@@ -511,10 +514,23 @@ class Synthesizer:
                     "audio_s": len(samples) / SAMPLE_RATE,
                 },
                 nonfinite=nonfinite,
+                words=tuple(words),
             )
             seq += 1
             t0 = time.perf_counter()
         return upcoming, seq
+
+    def window_words(self, words: list[PhonemeWord], phonemes: str) -> WindowWords | None:
+        """The word timer of one windowed model call (None without timestamps)."""
+        if not self.timestamps or self.split is None:
+            return None
+        return WindowWords(
+            words,
+            phonemes=phonemes,
+            tokens=len(tokenize(phonemes)),
+            samples_per_frame=self.split.samples_per_frame,
+            sample_rate=SAMPLE_RATE,
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ frame is `len(raw audio) / sum(durations)` samples (600 at 24 kHz for Kokoro v1.
 
     phonemes, words = phoneme_words(tokens)        # from the G2P, per segment
     timings = word_timings(piece_words, durations, raw_samples=len(raw), lead_cut=start)
+    timer = WindowWords(piece_words, ...)           # windowed: timer.take(chunk, ...) per window
 
 Times are seconds from the start of the audio they belong to; `shift` moves them along a stream.
 Output formats: JSON records (`WordTiming.to_dict`), SubRip (`to_srt`) and WebVTT (`to_vtt`).
@@ -43,6 +44,14 @@ class TokenLike(Protocol):
     text: str
     phonemes: str | None
     whitespace: str
+
+
+class ChunkLike(Protocol):
+    """What `WindowWords` reads of a window's chunk (`runtime.windowed.WindowChunk`)."""
+
+    frame: int
+    last: bool
+    durations: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,70 @@ def word_timings(
                 finish += frames[w.end + 1] / 2  # the space after
         out.append(WordTiming(w.text, seconds(begin), seconds(finish)))
     return out
+
+
+class WindowWords:
+    """A windowed segment's words (`runtime.windowed`), handed to its chunks in order: each
+    chunk gets the words whose start falls in it, in seconds from its first sample.
+
+    The words are timed once, from the front's durations, in seconds of the segment's whole
+    raw audio (frame f starts at sample f * samples_per_frame, as in a whole-segment call); a
+    chunk sits there at its first frame (`WindowChunk.frame`: the skipped leading pad counts)
+    plus the samples `finish_chunk` trimmed from its start. So a word gets the time a
+    whole-segment render trimmed at the same sample gives it. The first chunk also takes the
+    words before it (start clamped to 0), the last one those after it; only the last chunk
+    clamps ends to its length (a word running past a chunk ends in the next one).
+    """
+
+    def __init__(
+        self,
+        words: Sequence[PhonemeWord],
+        *,
+        phonemes: str,
+        tokens: int,
+        samples_per_frame: int,
+        sample_rate: int,
+    ) -> None:
+        self.words = list(words)
+        self.phonemes = phonemes
+        self.tokens = tokens
+        self.samples_per_frame = samples_per_frame
+        self.sample_rate = sample_rate
+        self._timed: list[WordTiming] | None = None
+        self._next = 0
+
+    def take(self, chunk: ChunkLike, *, cut: int, samples: int) -> list[WordTiming]:
+        """The words of the next chunk: it starts `cut` samples into frame `chunk.frame` of the
+        segment and holds `samples` samples (none when the chunk has no durations)."""
+        if chunk.durations is None:
+            return []
+        if self._timed is None:
+            frames = np.asarray(chunk.durations).reshape(-1)[: self.tokens + 2]  # pads too
+            total = int(round(float(frames.astype(np.float64).sum())))
+            self._timed = word_timings(
+                self.words,
+                frames,
+                raw_samples=total * self.samples_per_frame,
+                sample_rate=self.sample_rate,
+                phonemes=self.phonemes,
+            )
+        start = (chunk.frame * self.samples_per_frame + cut) / self.sample_rate
+        length = samples / self.sample_rate
+        hi = length if chunk.last else float("inf")
+        out: list[WordTiming] = []
+        while self._next < len(self._timed):
+            word = self._timed[self._next]
+            if not chunk.last and word.start >= start + length:
+                break
+            out.append(
+                WordTiming(
+                    word.word,
+                    min(max(word.start - start, 0.0), hi),
+                    min(max(word.end - start, 0.0), hi),
+                )
+            )
+            self._next += 1
+        return out
 
 
 def shift(words: Iterable[WordTiming], seconds: float) -> list[WordTiming]:

@@ -119,15 +119,18 @@ class WindowChunk:
     last: bool
     frame: int
     """The segment frame its first sample belongs to."""
+    durations: np.ndarray | None = None
+    """The segment's per-token durations in frames (the front's, pads included): word timings."""
 
 
 def finish_chunk(
     chunk: WindowChunk, sample_rate: int, *, lead_s: float, trail_s: float
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, int]:
     """A window's audio made safe to play without touching its joins: NaN/inf -> 0 (counted),
     clipped to [-1, 1]; only the segment's own ends are trimmed of silence (to `lead_s` and
-    `trail_s`) and ramped (4 ms), so consecutive windows still meet sample for sample."""
-    from kokoro_opt.runtime.audio import trim_silence
+    `trail_s`) and ramped (4 ms), so consecutive windows still meet sample for sample.
+    Returns (samples, nonfinite count, samples trimmed from the chunk's start)."""
+    from kokoro_opt.runtime.audio import silence_bounds, trim_silence
 
     audio = np.array(chunk.samples, dtype=np.float32).reshape(-1)
     bad = ~np.isfinite(audio)
@@ -136,8 +139,10 @@ def finish_chunk(
         audio[bad] = 0.0
     np.clip(audio, -1.0, 1.0, out=audio)
     never = 1e9
+    cut = 0
     if chunk.first:
-        audio = trim_silence(audio, sample_rate, max_lead_s=lead_s, max_tail_s=never)
+        cut, _ = silence_bounds(audio, sample_rate, max_lead_s=lead_s, max_tail_s=never)
+        audio = audio[cut:]
     if chunk.last:
         audio = trim_silence(audio, sample_rate, max_lead_s=never, max_tail_s=trail_s)
     ramp = min(int(EDGE_RAMP_S * sample_rate), len(audio) // 2)
@@ -148,7 +153,7 @@ def finish_chunk(
             audio[:ramp] *= window
         if chunk.last:
             audio[-ramp:] *= window[::-1]
-    return audio, nonfinite
+    return audio, nonfinite, cut
 
 
 class SplitModel:
@@ -353,10 +358,17 @@ class SplitModel:
         timings: WindowTimings | None = None,
         slack_s: float = 0.0,
     ) -> Iterator[WindowChunk]:
-        """`render`'s audio with each window's place: first, last, start frame."""
+        """`render`'s audio with each window's place (first, last, start frame) and the
+        segment's durations."""
         spans = self.windows(front, plan, slack_s)
         for k, audio in enumerate(self.render(front, style, plan, timings, spans)):
-            yield WindowChunk(audio, first=k == 0, last=k == len(spans) - 1, frame=spans[k][0])
+            yield WindowChunk(
+                audio,
+                first=k == 0,
+                last=k == len(spans) - 1,
+                frame=spans[k][0],
+                durations=front.durations,
+            )
 
     def _feed(self, name: str, source: dict[str, np.ndarray], style: np.ndarray) -> np.ndarray:
         return style if name == "style" else source[name]

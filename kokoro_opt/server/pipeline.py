@@ -398,7 +398,8 @@ class SpeechPipeline:
 
     async def _infer_windows(self, piece: _Piece) -> None:
         """Windowed synthesis of one piece: each window's audio goes downstream as soon as it
-        is made (the worker thread hands it to the loop and waits for queue room)."""
+        is made (the worker thread hands it to the loop and waits for queue room), with the
+        words that start in it (`timestamps.WindowWords`)."""
         job, cfg = self.job, self.config
         loop = asyncio.get_running_loop()
         tokens = piece.tokens or []
@@ -414,16 +415,18 @@ class SpeechPipeline:
             return self.first_audio_at + self.audio_s - time.perf_counter()
 
         def work(synth: Synthesizer) -> None:
+            timed = synth.window_words(piece.words, piece.phonemes)
             t0 = time.perf_counter()
             for chunk in synth.infer_windows(tokens, style, job.speed, slack):
                 infer_s = time.perf_counter() - t0
-                samples, nonfinite = finish_chunk(
+                samples, nonfinite, cut = finish_chunk(
                     chunk, SAMPLE_RATE, lead_s=lead_s, trail_s=trail_s
                 )
+                words = timed.take(chunk, cut=cut, samples=len(samples)) if timed else []
                 if self._closing:
                     return
                 handoff = asyncio.run_coroutine_threadsafe(
-                    self._window_audio(piece, samples, nonfinite, infer_s), loop
+                    self._window_audio(piece, samples, nonfinite, infer_s, words), loop
                 )
                 handoff.result(timeout=cfg.timeout_s)
                 t0 = time.perf_counter()
@@ -436,14 +439,19 @@ class SpeechPipeline:
         )
 
     async def _window_audio(
-        self, piece: _Piece, samples: np.ndarray, nonfinite: int, infer_s: float
+        self,
+        piece: _Piece,
+        samples: np.ndarray,
+        nonfinite: int,
+        infer_s: float,
+        words: list[WordTiming],
     ) -> None:
         self.compute_s += infer_s
         self.telemetry.segment(
             infer_ms=infer_s * 1e3, wait_ms=0.0, nonfinite=nonfinite,
             audio_s=len(samples) / SAMPLE_RATE,
         )  # fmt: skip
-        await self._deliver(_Audio(piece.index, piece.text, samples, False))
+        await self._deliver(_Audio(piece.index, piece.text, samples, False, words))
 
     async def _deliver(self, audio: _Audio) -> None:
         self.audio_s += len(audio.samples) / SAMPLE_RATE

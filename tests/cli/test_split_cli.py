@@ -10,7 +10,7 @@ import pytest
 
 from tests.cli_helpers import run_cli
 from tests.passes.graphs import plain_model
-from tests.passes.split_graphs import kokoro_anatomy_model
+from tests.passes.split_graphs import kokoro_anatomy_model, timed_anatomy_model
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +78,28 @@ def test_speak_with_a_split_folder_renders_windows(
     assert summary["segments"] == 1 and summary["chunks"] > 1
     result = run_cli([*args, "--split", str(out), "--window", "nope"], capsys)
     assert result.exit_code != 0 and "Unknown statistics policy 'nope'" in result.stderr
+
+
+def test_speak_with_a_split_folder_writes_word_timestamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
+) -> None:
+    """`speak --split DIR --timestamps words.json`: the windows' words, as `speak` without the
+    split gives them (within a frame)."""
+    model = tmp_path / "k.onnx"
+    onnx.save(timed_anatomy_model(), model)
+    out = tmp_path / "k.split"
+    assert run_cli(["split", str(model), "-o", str(out), "--threads", "1"], capsys).exit_code == 0
+    text = "The birch canoe slid on the smooth planks."
+    records = {}
+    for name, extra in (("whole", []), ("split", ["--split", str(out), "--first-window", "6"])):
+        words = tmp_path / f"{name}.json"
+        args = [text, "-o", str(tmp_path / f"{name}.wav"), "--model", str(model), "--json"]
+        result = run_cli(["speak", *args, *extra, "--timestamps", str(words), "--threads", "1"],
+                         capsys)  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["words"] == 8 and summary["chunks"] == (1 if name == "whole" else 2)
+        records[name] = json.loads(words.read_text(encoding="utf-8"))["words"]
+    assert [w["word"] for w in records["split"]] == text.rstrip(".").split(" ")
+    for got, ref in zip(records["split"], records["whole"], strict=True):
+        assert abs(got["start"] - ref["start"]) <= 0.025 and abs(got["end"] - ref["end"]) <= 0.025

@@ -230,3 +230,66 @@ def anatomy_feeds(n_phonemes: int = 30, *, seed: int = 1) -> dict[str, np.ndarra
     tokens = np.concatenate([[0], ids, [0]]).astype(np.int64)[None, :]
     style = (rng.standard_normal((1, 256)) * 0.5).astype(np.float32)
     return {"tokens": tokens, "style": style, "speed": np.array([1.0], np.float32)}
+
+
+SPEECH_SAMPLES_PER_FRAME = 600
+
+
+def timed_anatomy_model(seed: int = 0) -> onnx.ModelProto:
+    """`kokoro_anatomy_model` at Kokoro's 600 samples per frame with silent pads, for word
+    timestamps and silence trimming as on the real model.
+
+    The pad token's embedding is far below every other in channel 0 and lasts long (its
+    duration weight makes it predict 7-8 frames). A per-frame gain `Sigmoid(2 * features[0] +
+    8)` (about 1 on the text's frames, 1e-7 on the pads') rides along the decoder's output as
+    one more channel (the generator's upsampler gives it zero weight); the generator's audio,
+    resampled from 16 to 600 samples per frame (nearest), is multiplied by it. Everything added
+    is per frame, so the back stays windowable and the split cuts it as before.
+    """
+    model = kokoro_anatomy_model(seed)
+    graph = model.graph
+    arrays = {t.name: onnx.numpy_helper.to_array(t).copy() for t in graph.initializer}
+    arrays["emb"][0, 0] = -12.0
+    arrays["dur_w"][0, 0] = -0.3
+    ups = arrays["ups_w"]
+    arrays["ups_w"] = np.concatenate([ups, np.zeros((1, *ups.shape[1:]), np.float32)])
+    arrays.update(
+        row=np.array([1, 1, -1], np.int64),
+        ch0=np.array([0], np.int64),
+        ch1=np.array([1], np.int64),
+        ch_gain=np.array([ups.shape[0]], np.int64),
+        ch_end=np.array([ups.shape[0] + 1], np.int64),
+        gain_k=np.array(2.0, np.float32),
+        gain_b=np.array(8.0, np.float32),
+        up_audio=np.array([1.0, 1.0, SPEECH_SAMPLES_PER_FRAME / SAMPLES_PER_FRAME], np.float32),
+        up_gain=np.array([1.0, 1.0, SPEECH_SAMPLES_PER_FRAME / 2], np.float32),
+    )
+    del graph.initializer[:]
+    graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in arrays.items())
+    voiced = next(k for k, n in enumerate(graph.node) if n.output[0] == "hidden")
+    graph.node[voiced].output[0] = "hidden_v"  # "hidden" becomes the voice plus the gain
+    gain = [
+        N("Slice", ["asr", "ch0", "ch1", "ax1"], ["gain_in"]),
+        N("Mul", ["gain_in", "gain_k"], ["gain_s"]),
+        N("Add", ["gain_s", "gain_b"], ["gain_l"]),
+        N("Sigmoid", ["gain_l"], ["gain"]),
+        N("Resize", ["gain", "", "up2"], ["gain2"], mode="nearest"),
+        N("Concat", ["hidden_v", "gain2"], ["hidden"], axis=1),
+    ]
+    for k, node in enumerate(gain):
+        graph.node.insert(voiced + 1 + k, node)
+    last = graph.node[-1]
+    assert last.output[0] == "audio"
+    last.output[0] = "audio16"
+    graph.node.extend(
+        [
+            N("Slice", ["hidden", "ch_gain", "ch_end", "ax1"], ["gain_h"]),
+            N("Resize", ["gain_h", "", "up_gain"], ["gain_up"], mode="nearest"),
+            N("Reshape", ["audio16", "row"], ["audio_row"]),
+            N("Resize", ["audio_row", "", "up_audio"], ["audio_up"], mode="nearest"),
+            N("Mul", ["audio_up", "gain_up"], ["audio_gained"]),
+            N("Reshape", ["audio_gained", "flat"], ["audio"]),
+        ]
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model

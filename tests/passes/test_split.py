@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from kokoro_opt.graph.anatomy import NotKokoroError, find_anatomy
@@ -32,11 +33,25 @@ def _windowed(sm: SplitModel, feeds: dict, plan: WindowPlan) -> tuple[list[np.nd
 
 def test_anatomy_found_from_structure() -> None:
     anatomy = find_anatomy(kokoro_anatomy_model())
-    assert anatomy.durations == "dur"
+    assert anatomy.durations == "dvec"  # the CumSum's input, as the durations pass finds it
     assert anatomy.features == ("asr",)
     assert anatomy.curves == ("f0_raw", "n_curve")  # F0 first: it feeds the harmonic source
     assert anatomy.source_phase == "phase_sum"
     assert set(anatomy.back_inputs) == {"asr", "f0_raw", "n_curve", "style"}
+
+
+def test_anatomy_ignores_a_round_clip_that_is_not_the_durations() -> None:
+    """Static INT8 graphs round and clip elsewhere too (27 pairs in the cpu-int8 model): the
+    durations are the pair that feeds the alignment's CumSum, wherever it sits in the graph."""
+    model = kokoro_anatomy_model()
+    decoy = [
+        onnx.helper.make_node("Round", ["style"], ["decoy_r"]),
+        onnx.helper.make_node("Clip", ["decoy_r", "one"], ["decoy"]),
+        onnx.helper.make_node("Add", ["style", "decoy"], ["decoy_sum"]),
+    ]
+    for k, node in enumerate(decoy):
+        model.graph.node.insert(k, node)  # first in graph order
+    assert find_anatomy(model).durations == "dvec"
 
 
 def test_split_structure(tmp_path: Path) -> None:

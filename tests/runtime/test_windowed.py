@@ -50,18 +50,19 @@ def test_split_without_windows_is_the_whole_model(split_model: tuple[Path, Path]
 
 def test_finish_chunk_ramps_only_the_segment_ends() -> None:
     loud = np.full(4800, 0.5, np.float32)
-    middle, _ = finish_chunk(WindowChunk(loud, first=False, last=False, frame=3), 24000,
-                             lead_s=0.05, trail_s=0.3)  # fmt: skip
-    assert np.array_equal(middle, loud)  # a join is left sample for sample
+    middle, _, cut = finish_chunk(WindowChunk(loud, first=False, last=False, frame=3), 24000,
+                                  lead_s=0.05, trail_s=0.3)  # fmt: skip
+    assert np.array_equal(middle, loud) and cut == 0  # a join is left sample for sample
     silent = np.concatenate([np.zeros(24000, np.float32), loud])
-    first, _ = finish_chunk(WindowChunk(silent, first=True, last=False, frame=0), 24000,
-                            lead_s=0.05, trail_s=0.3)  # fmt: skip
+    first, _, cut = finish_chunk(WindowChunk(silent, first=True, last=False, frame=0), 24000,
+                                 lead_s=0.05, trail_s=0.3)  # fmt: skip
     assert len(first) <= len(loud) + 0.06 * 24000 and first[0] == 0.0 and first[-1] == 0.5
+    assert cut == 24000 - 1200 and len(first) == len(silent) - cut  # 50 ms of lead kept
     bad = loud.copy()
     bad[:3] = np.nan
-    last, nonfinite = finish_chunk(WindowChunk(bad, first=False, last=True, frame=9), 24000,
-                                   lead_s=0.05, trail_s=0.3)  # fmt: skip
-    assert nonfinite == 3 and last[-1] == 0.0 and last[100] == 0.5
+    last, nonfinite, cut = finish_chunk(WindowChunk(bad, first=False, last=True, frame=9), 24000,
+                                        lead_s=0.05, trail_s=0.3)  # fmt: skip
+    assert nonfinite == 3 and last[-1] == 0.0 and last[100] == 0.5 and cut == 0
 
 
 def test_only_a_listener_without_audio_gets_windows(

@@ -1,4 +1,5 @@
-"""The server with a split model: windows stream as ndjson records, the audio is whole."""
+"""The server with a split model: windows stream as ndjson records with their words, the audio
+is whole."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from kokoro_opt.passes import split as split_pass
 from kokoro_opt.passes.base import PassContext
 from kokoro_opt.runtime.windowed import WindowPlan
 from kokoro_opt.server import Engine, ServerSettings
-from kokoro_opt.server.client import reassemble
-from tests.passes.split_graphs import kokoro_anatomy_model
+from kokoro_opt.server.client import reassemble, stream_speech
+from tests.passes.split_graphs import kokoro_anatomy_model, timed_anatomy_model
 from tests.server.conftest import running_server
 
 TEXT = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
@@ -60,3 +61,39 @@ def test_windowed_server_streams_windows(split_engines: tuple[Engine, Engine]) -
 def test_first_segment_setting_is_checked() -> None:
     with pytest.raises(Exception, match="first-segment must be clause or sentence"):
         ServerSettings(first_segment="word")
+
+
+def test_windowed_records_carry_the_words(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A split model at 600 samples per frame with silent pads: the windowed server's ndjson and
+    SSE records and its JSON endpoint give the words of the whole-segment server, at the same
+    times (seconds of the stream) within a frame, each in the record of the window it starts in."""
+    folder = tmp_path_factory.mktemp("server-split-words")
+    model = timed_anatomy_model()
+    onnx.save(model, folder / "k.onnx")
+    split_pass.save(split_pass.split(model, split_pass.Config(), PassContext(threads=1)),
+                    folder / "k.split")  # fmt: skip
+    plan = WindowPlan("first", first=6, ahead=0, trail=12)
+    windowed = Engine.load(folder / "k.onnx", threads=1, split=folder / "k.split", window=plan)
+    whole = Engine.load(folder / "k.onnx", threads=1)
+    assert windowed.windowed and windowed.timestamps and whole.timestamps
+    text = "The birch canoe slid on the smooth planks."
+    settings = ServerSettings(first_segment="sentence", first_segment_chars=300, cache_entries=0)
+    with running_server(windowed, settings) as url:
+        ndjson = stream_speech(url, text, voice="jf_alpha", stream_format="ndjson")
+        sse = stream_speech(url, text, voice="jf_alpha", stream_format="sse")
+        body = {"model": "kokoro", "input": text, "voice": "jf_alpha", "response_format": "wav"}
+        response = httpx.post(f"{url}/v1/audio/speech/timestamps", json=body, timeout=60)
+    with running_server(whole, settings) as url:
+        reference = stream_speech(url, text, voice="jf_alpha", stream_format="ndjson")
+    assert response.status_code == 200, response.text
+    chunks = [r for r in ndjson.records if r["type"] == "chunk"]
+    assert len(chunks) == 2 and all(r["words"] for r in chunks)  # words in both windows
+    for record in chunks:  # each word starts in its record's audio
+        begin = record["sample_offset"] / 24000
+        for w in record["words"]:
+            assert begin - 1e-3 <= w["start"] <= begin + record["num_samples"] / 24000
+    assert ndjson.words == sse.words == response.json()["words"]
+    assert [w["word"] for w in ndjson.words] == [w["word"] for w in reference.words]
+    assert len(ndjson.words) == 8
+    for got, ref in zip(ndjson.words, reference.words, strict=True):
+        assert abs(got["start"] - ref["start"]) <= 0.025 and abs(got["end"] - ref["end"]) <= 0.025
