@@ -161,6 +161,8 @@ class Synthesizer:
 
             self.split = SplitModel(split, provider=provider, threads=threads)
             self.window = window or WindowPlan("whole")
+            if self.windowed:  # a folder bound to one window size refuses other policies now
+                self.split.fit_plan(self.window)
             if segment_policy is None and self.windowed:  # first audio is fast: no primer
                 self.segment_policy = SegmentPolicy(first="sentence")
 

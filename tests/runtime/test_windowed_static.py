@@ -117,3 +117,20 @@ def test_a_bound_folder_refuses_policies_that_need_other_sizes(
     sm = SplitModel(bound, threads=1)
     with pytest.raises(UserInputError, match=f"bound to {FRAMES}-frame windows.*not '{stats}'"):
         _render(sm, WindowPlan(stats))  # type: ignore[arg-type]
+
+
+def test_the_synthesizer_refuses_a_policy_a_bound_folder_cannot_render(
+    with_norms: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    import onnx
+
+    from kokoro_opt.runtime.synthesizer import Synthesizer
+
+    _, bound, _ = with_norms
+    model = tmp_path / "k.onnx"
+    onnx.save(kokoro_anatomy_model(), model)
+    with pytest.raises(UserInputError, match="not 'first'"):
+        Synthesizer(model, split=bound, window=WindowPlan("first"), threads=1)
+    synth = Synthesizer(model, split=bound, window=WindowPlan("window"), threads=1)
+    chunks = list(synth.stream("The birch canoe slid on the smooth planks.", voice="jf_alpha"))
+    assert len(chunks) > 2 and all(np.isfinite(c.samples).all() for c in chunks)
