@@ -255,7 +255,7 @@ def window_configs(
 ) -> dict[str, Config]:
     """The pass's config for each back graph of the folder: the context is the graph's
     receptive field rounded up (as the runtime's default); input shapes come from one run of
-    the front (and decoder) on a short utterance."""
+    the front (and decoder) on a reference utterance."""
     configs: dict[str, Config] = {}
     probe = _probe_tensors(folder, meta)
     for graph in BOUND_GRAPHS:
@@ -319,8 +319,8 @@ def bind_split(
             if name in configs:
                 bound = run(load_model(source / name), configs[name], ctx)
                 save_model_atomic(bound.model, stage / name)
-                del bound.model
                 result.graphs[name] = {"context": configs[name].context, **bound.details}
+                del bound
             else:
                 _link_or_copy(source / name, stage / name)
         if check:
