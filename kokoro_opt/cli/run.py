@@ -203,6 +203,18 @@ def _result_text(record: StepRecord) -> str:
         return text
     if "buckets" in s:
         return "buckets " + ", ".join(str(b["tokens"]) for b in s["buckets"])
+    if "window" in s:
+        diffs = [g.get("max_abs_diff") for g in s["graphs"].values()]
+        spans = ", ".join(f"{name} {g['span']}" for name, g in s["graphs"].items())
+        if None in diffs:
+            verdict = "[yellow]not compared[/] with the dynamic graphs"
+        elif max(diffs) == 0:
+            verdict = "identical to the dynamic graphs"
+        else:
+            verdict = f"max abs difference {max(diffs):.1e} to the dynamic graphs"
+        return f"{s['window']['frames']}-frame windows (input frames: {spans}); {verdict}"
+    if "receptive_field_frames" in s:
+        return f"receptive field {s['receptive_field_frames']} frames each side"
     if "models" in s and isinstance(s["models"], dict):
         return ", ".join(s["models"])
     if "text" in s:

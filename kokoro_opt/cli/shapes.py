@@ -1,9 +1,12 @@
-"""`kokoro-opt shapes bind MODEL --tokens 32,64,... -o OUTDIR`: one static model per bucket.
+"""`kokoro-opt shapes bind MODEL --tokens 32,64,... -o OUTDIR`: one static model per bucket;
+`kokoro-opt shapes bind SPLIT_DIR --window-frames 24 -o OUTDIR`: a split folder whose back
+graphs take one window size.
 
 Thin: parse options, run `kokoro_opt.passes.static_shapes` once per bucket with a progress bar,
 save each model atomically with its `.json` manifest, write the `buckets.json` index the
 runtime reads (`kokoro_opt.runtime.buckets`), optionally check the audio and time each bucket
-against the dynamic model, print a table.
+against the dynamic model, print a table. For a split folder: `passes.static_window.bind_split`
+(the same pass per back graph), its window check, optionally timed against the dynamic graphs.
 """
 
 from __future__ import annotations
@@ -33,16 +36,38 @@ DEFAULT_TOKENS = "32,64,128,256,512"
 def bind(
     model: Annotated[
         str,
-        typer.Argument(help="A dynamic-shape model: a cache name (such as kokoro-fp32) or a path."),
+        typer.Argument(
+            help="A dynamic-shape model (a cache name such as kokoro-fp32, or a path), or a split "
+            "folder (kokoro-opt split) with --window-frames."
+        ),
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="The folder for the bucket models and buckets.json."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="The folder for the bucket models and buckets.json, or for the bound split "
+            "folder.",
+        ),
     ],
     tokens: Annotated[
-        str,
-        typer.Option(help="Bucket lengths in tokens, pads included, comma-separated (3 to 512)."),
-    ] = DEFAULT_TOKENS,
+        str | None,
+        typer.Option(
+            help="Bucket lengths in tokens, pads included, comma-separated (3 to 512). "
+            f"Default: {DEFAULT_TOKENS}."
+        ),
+    ] = None,
+    window_frames: Annotated[
+        int | None,
+        typer.Option(
+            help="For a split folder: bind back.onnx and generator.onnx to windows of this many "
+            "frames (25 ms each, 1 to 2048), so every frame-level shape is static."
+        ),
+    ] = None,
+    overlap: Annotated[
+        int,
+        typer.Option(help="With --window-frames: frames rendered twice at each join (0 to 64)."),
+    ] = 1,
     length_mask: Annotated[
         str,
         typer.Option(
@@ -59,14 +84,16 @@ def bind(
         typer.Option(
             "--check/--no-check",
             help="Render the longest reference utterance that fits each bucket with the bucket "
-            "and the dynamic model and compare the audio.",
+            "and the dynamic model and compare the audio (for a split folder: one window of a "
+            "reference utterance through the bound and the dynamic graph).",
         ),
     ] = True,
     measure: Annotated[
         bool,
         typer.Option(
             "--measure/--no-measure",
-            help="Time each bucket against the dynamic model, interleaved, on that utterance.",
+            help="Time each bucket (or bound graph) against the dynamic one, interleaved, on "
+            "that utterance (window).",
         ),
     ] = False,
     runs: Annotated[int, typer.Option(help="Timed runs per model for --measure.")] = 5,
@@ -84,11 +111,34 @@ def bind(
     from kokoro_opt.runtime.buckets import Bucket, write_index
     from kokoro_opt.store import resolve_model
 
-    buckets = _parse_tokens(tokens)
-    if length_mask not in ("auto", "on", "off"):
-        raise UserInputError(f"--length-mask must be auto, on or off; got {length_mask!r}.")
     if runs < 1:
         raise UserInputError(f"--runs must be at least 1, got {runs}.")
+    split_dir = Path(model).expanduser()
+    if split_dir.is_dir() and (split_dir / "split.json").is_file():
+        if window_frames is None:
+            raise UserInputError(
+                f"{split_dir} is a split folder: give --window-frames (such as 24) to bind its "
+                "back graphs to one window size."
+            )
+        if tokens is not None:
+            raise UserInputError(
+                "--tokens binds a whole model's token buckets; a split folder takes "
+                "--window-frames only."
+            )
+        _bind_window(
+            split_dir.absolute(), output, frames=window_frames, overlap=overlap,
+            simplify=simplify, check=check, measure=measure, runs=runs, threads=threads,
+            json_output=json_output,
+        )  # fmt: skip
+        return
+    if window_frames is not None:
+        raise UserInputError(
+            f"--window-frames binds a split folder's back graphs, and {model} is not a split "
+            "folder (no split.json): make one with `kokoro-opt split MODEL -o DIR`."
+        )
+    buckets = _parse_tokens(tokens or DEFAULT_TOKENS)
+    if length_mask not in ("auto", "on", "off"):
+        raise UserInputError(f"--length-mask must be auto, on or off; got {length_mask!r}.")
     model_path = resolve_model(model)
     folder = output.expanduser().absolute()
     if folder.exists() and not folder.is_dir():
@@ -155,6 +205,131 @@ def register(app_root: typer.Typer) -> None:
 
 
 # ------------------------------------------------------------------------- helpers
+
+
+def _bind_window(
+    source: Path,
+    output: Path,
+    *,
+    frames: int,
+    overlap: int,
+    simplify: bool,
+    check: bool,
+    measure: bool,
+    runs: int,
+    threads: int,
+    json_output: bool,
+) -> None:
+    from kokoro_opt.errors import UserInputError
+    from kokoro_opt.passes import static_window
+    from kokoro_opt.passes.base import PassContext
+
+    static_window.check_frames(frames)
+    if not 0 <= overlap <= 64:
+        raise UserInputError(f"--overlap takes 0 to 64 frames; got {overlap}.")
+    folder = output.expanduser().absolute()
+    if folder == source:
+        raise UserInputError("The output folder is the split folder itself; give a new folder.")
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"Output {folder} is a file; give a folder for the bound split.")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "split.json").is_file():
+        raise UserInputError(
+            f"Output {folder} is a folder with other files in it; give a new folder or an "
+            "earlier split folder to replace."
+        )
+    check_writable_dir(folder.parent)
+    start = time.perf_counter()
+    with progress_bar() as report, tempfile.TemporaryDirectory(prefix="kokoro-opt-shapes-") as tmp:
+        ctx = PassContext(work_dir=Path(tmp), progress=report, threads=threads)
+        result = static_window.bind_split(
+            source, folder, frames=frames, overlap=overlap, simplify=simplify, check=check,
+            ctx=ctx,
+        )  # fmt: skip
+        if measure:
+            for graph, config in result.configs.items():
+                result.graphs[graph]["latency"] = _measure_window(
+                    source, folder, graph, config, runs, threads, report
+                )
+    summary = {
+        "command": "shapes bind",
+        "input": str(source),
+        "output": str(folder),
+        "window": result.window,
+        "elapsed_s": round(time.perf_counter() - start, 3),
+        "graphs": result.graphs,
+    }
+    write_json_atomic(folder / "shapes.json", summary)
+    if json_output:
+        console.print_json(json.dumps(summary, default=str))
+        return
+    _render_window(summary)
+
+
+def _measure_window(
+    source: Path, folder: Path, graph: str, config: Any, runs: int, threads: int, report: Any
+) -> dict[str, Any]:
+    """The dynamic and the bound graph, interleaved, on the same windows (ms summed over 3
+    windows spread over a reference utterance)."""
+    from kokoro_opt.bench.ab import ab_latency
+    from kokoro_opt.passes.static_window import window_feeds
+
+    feeds = window_feeds(source, graph, config, threads=threads)
+    result = ab_latency(
+        {"dynamic": source / graph, "bound": folder / graph},
+        feeds,
+        runs=runs,
+        threads=threads,
+        progress=lambda _task, done, total: report(f"timing {graph}", done, total),
+    )
+    dyn, bound = result["models"]["dynamic"], result["models"]["bound"]
+    return {
+        "runs": runs,
+        "threads": threads,
+        "windows": len(feeds),
+        "span_frames": config.span,
+        "dynamic_median_ms": dyn["median_ms"],
+        "bound_median_ms": bound["median_ms"],
+        "paired_ratio": bound["paired_ratio"],
+    }
+
+
+def _render_window(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    window = summary["window"]
+    table = Table(
+        title=f"{summary['input']} -> {summary['output']} ({window['frames']}-frame windows)",
+        title_justify="left",
+    )
+    table.add_column("graph", no_wrap=True)
+    table.add_column("span", justify="right")
+    table.add_column("nodes", justify="right")
+    table.add_column("static tensors", justify="right")
+    table.add_column("output vs dynamic")
+    table.add_column("speed vs dynamic", justify="right")
+    for graph, d in summary["graphs"].items():
+        check = d.get("check")
+        if check is None:
+            audio = "not checked"
+        elif not check["same_length"]:
+            audio = "[bold red]other length[/]"
+        elif check["identical"]:
+            audio = "identical"
+        else:
+            audio = f"max diff {check['max_abs_diff']:.1e} (SNR {check['snr_db']} dB)"
+        lat = d.get("latency")
+        table.add_row(
+            graph,
+            f"{d['span']} frames",
+            f"{d['nodes_before']} -> {d['nodes_after']}",
+            f"{d['static_tensors']} / {d['tensors']}",
+            audio,
+            f"{lat['paired_ratio']:.2f}x time" if lat else "-",
+        )
+    console.print(table)
+    console.print(
+        f"Wrote {summary['output']} ({summary['elapsed_s']:.1f} s)", soft_wrap=True, highlight=False
+    )
 
 
 def _parse_tokens(text: str) -> list[int]:

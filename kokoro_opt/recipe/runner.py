@@ -166,6 +166,7 @@ class _Run:
         self.source: Artifact | None = None
         self.reference: Artifact | None = None
         self.model: Artifact | None = None
+        self.split: Artifact | None = None
         self.final_model: Path | None = None
         self.evidence: Path | None = None
         self.evidence_parts: list[Path] = []
@@ -240,6 +241,7 @@ class _Run:
                         work_dir=work, progress=self._progress, threads=self.recipe.threads
                     ),
                     names=names,
+                    split=self.split,
                 )
                 meter = StepMeter()
                 try:
@@ -283,6 +285,11 @@ class _Run:
             rel = out["model"]
             label = self.recipe.name if step.id == self.last_transform else step.id
             self.model = Artifact(folder / rel, files[rel]["sha256"], label)
+        if out.get("buckets") and step.kind == "split":
+            from kokoro_opt.recipe.cache import sha256_path
+
+            path = folder / out["buckets"]
+            self.split = Artifact(path, sha256_path(path), step.id)
         if out.get("report"):
             self.evidence_parts.append(folder / out["report"])
             self._write_evidence()
@@ -332,6 +339,8 @@ class _Run:
         inputs: dict[str, Any] = {}
         if kind.role in ("transform", "buckets", "evidence") and self.model is not None:
             inputs["model"] = self.model.sha256
+        if getattr(step.config, "window_frames", None) is not None and self.split is not None:
+            inputs["split"] = self.split.sha256
         if kind.role == "evidence" and self.reference is not None:
             inputs["reference"] = self.reference.sha256
             inputs["names"] = names

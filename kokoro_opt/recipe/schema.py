@@ -384,6 +384,8 @@ def _check_order(steps: list[Step], source: str) -> None:
 
     seen_other = False
     after_shapes: Step | None = None
+    split: Step | None = None
+    buckets: dict[str, Step] = {}
     float_broken: Step | None = None
     evidence = False
     for step in steps:
@@ -411,9 +413,23 @@ def _check_order(steps: list[Step], source: str) -> None:
             if STEP_KINDS[step.kind].quantizes:
                 float_broken = step
         elif role == "buckets":
-            if after_shapes is not None:
-                raise RecipeError(f"{where}: only one shapes step is allowed; merge the tokens.")
-            after_shapes = step
+            window = getattr(step.config, "window_frames", None) is not None
+            what = "window" if window else step.kind
+            if window and split is None:
+                raise RecipeError(
+                    f"{where}: window_frames binds the back graphs of a split folder; put a "
+                    "split step before it."
+                )
+            if what in buckets:
+                raise RecipeError(
+                    f"{where}: only one {step.kind} step"
+                    + (" with window_frames" if window else "")
+                    + " is allowed"
+                    + ("; merge the tokens." if what == "shapes" else ".")
+                )
+            buckets[what] = step
+            split = step if step.kind == "split" else split
+            after_shapes = after_shapes or step
         elif role == "evidence":
             evidence = True
         elif role == "gate" and not evidence:

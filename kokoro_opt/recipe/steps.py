@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
     from kokoro_opt.passes.base import PassContext
@@ -50,6 +50,8 @@ class StepInput:
     ctx: PassContext
     names: dict[str, str] = field(default_factory=dict)
     """Report names: 'reference' and 'candidate' model entry names."""
+    split: Artifact | None = None
+    """The split folder of the run's `split` step, once it ran."""
 
 
 @dataclass
@@ -124,13 +126,17 @@ class PullOptions(BaseModel):
 
 
 class ShapesOptions(BaseModel):
-    """`shapes`: the buckets of `kokoro-opt shapes bind`; the rest is static_shapes.Config."""
+    """`shapes`: the buckets of `kokoro-opt shapes bind`; the rest is static_shapes.Config.
+    With `window_frames` it binds the back graphs of the run's split folder to one window size
+    instead (`kokoro-opt shapes bind SPLIT_DIR --window-frames N`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     tokens: list[int] = Field(default_factory=lambda: [32, 64, 128, 256, 512], min_length=1)
     length_mask: Literal["auto", "on", "off"] = "auto"
     simplify: bool = True
+    window_frames: int | None = None
+    overlap: int = Field(default=1, ge=0, le=64)
 
     @field_validator("tokens")
     @classmethod
@@ -138,6 +144,24 @@ class ShapesOptions(BaseModel):
         for t in value:
             cls.bucket_config_for(t, "auto", True)
         return sorted(set(value))
+
+    @field_validator("window_frames")
+    @classmethod
+    def _window(cls, value: int | None) -> int | None:
+        from kokoro_opt.passes.static_window import MAX_FRAMES
+
+        if value is not None and not 1 <= value <= MAX_FRAMES:
+            raise ValueError(f"a window holds 1 to {MAX_FRAMES} frames, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ShapesOptions:
+        if self.window_frames is not None and self.model_fields_set & {"tokens", "length_mask"}:
+            raise ValueError(
+                "window_frames binds the split folder's back graphs; tokens and length_mask "
+                "bind a whole model: use two shapes steps"
+            )
+        return self
 
     @staticmethod
     def bucket_config_for(tokens: int, length_mask: str, simplify: bool) -> BaseModel:
@@ -242,9 +266,11 @@ def run_shapes(inp: StepInput) -> StepOutput:
     from kokoro_opt.recipe.artifacts import apply_pass
     from kokoro_opt.runtime.buckets import Bucket, write_index
 
+    options: ShapesOptions = inp.step.config  # type: ignore[assignment]
+    if options.window_frames is not None:
+        return _bind_window(inp, options, options.window_frames)
     if inp.model is None:
         raise RuntimeError("shapes ran without an input model")
-    options: ShapesOptions = inp.step.config  # type: ignore[assignment]
     folder = inp.staging / "buckets"
     folder.mkdir(parents=True, exist_ok=True)
     made: list[Bucket] = []
@@ -268,6 +294,33 @@ def run_shapes(inp: StepInput) -> StepOutput:
     inp.ctx.report("binding buckets", len(configs), len(configs))
     write_index(folder, made, source=inp.model.label, source_sha256=inp.model.sha256)
     return StepOutput(buckets="buckets", summary={"buckets": rows})
+
+
+def _bind_window(inp: StepInput, options: ShapesOptions, frames: int) -> StepOutput:
+    """The run's split folder with its back graphs bound to `frames`-frame windows."""
+    from kokoro_opt.passes import static_window
+
+    if inp.split is None:
+        raise RuntimeError("shapes with window_frames ran before a split step")
+    result = static_window.bind_split(
+        inp.split.path,
+        inp.staging / "split",
+        frames=frames,
+        overlap=options.overlap,
+        simplify=options.simplify,
+        ctx=inp.ctx,
+    )
+    graphs = {
+        name: {
+            "span": d["span"],
+            "static_tensors": d["static_tensors"],
+            "tensors": d["tensors"],
+            "identical": (d.get("check") or {}).get("identical"),
+            "max_abs_diff": (d.get("check") or {}).get("max_abs_diff"),
+        }
+        for name, d in result.graphs.items()
+    }
+    return StepOutput(buckets="split", summary={"window": result.window, "graphs": graphs})
 
 
 def run_split(inp: StepInput) -> StepOutput:
@@ -397,7 +450,11 @@ STEP_KINDS: dict[str, StepKind] = {
             "kokoro-opt shapes bind",
             ShapesOptions,
             run_shapes,
-            code=_code("kokoro_opt.passes.static_shapes", "kokoro_opt.runtime.buckets"),
+            code=_code(
+                "kokoro_opt.passes.static_shapes",
+                "kokoro_opt.passes.static_window",
+                "kokoro_opt.runtime.buckets",
+            ),
         ),
         StepKind(
             "split",

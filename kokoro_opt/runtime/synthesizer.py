@@ -168,6 +168,8 @@ class Synthesizer:
 
             self.split = SplitModel(split, provider=provider, threads=threads)
             self.window = window or WindowPlan("whole")
+            if self.windowed:  # a folder bound to one window size refuses other policies now
+                self.split.fit_plan(self.window)
 
     @property
     def windowed(self) -> bool:

@@ -27,6 +27,14 @@ segment's):
 Leading pad frames are not rendered beyond `lead` frames before the first spoken frame (the
 first token is the pad; its duration is the leading silence) plus the context they need.
 Windows start at `first` frames and double up to `largest`.
+
+A split folder whose back is bound to one window size (`kokoro-opt shapes bind SPLIT_DIR
+--window-frames W`, recorded as `window` in split.json) renders every window at that size:
+`first = largest = W`, the bound context and overlap, and every call gets exactly the bound
+span of W + overlap + 2 * context frames (`StaticWindow.place`): the span is moved inside the
+segment where it can be (more real context instead of padding), and only a segment shorter than
+the span is padded at its end with its last frame. Only the `window` and `generator` policies
+render windows of one size.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +99,35 @@ class WindowPlan:
             raise UserInputError("ahead must be 0 (fixed first window) or more.")
         if self.overlap < 0 or self.lead < 0 or (self.context is not None and self.context < 0):
             raise UserInputError("context, overlap and lead must be 0 or more frames.")
+
+
+@dataclass(frozen=True)
+class StaticWindow:
+    """The window size a bound back graph takes (split.json's `window`)."""
+
+    frames: int
+    overlap: int
+    context: dict[str, int]
+    """Context frames each side, per bound graph file (back.onnx, generator.onnx)."""
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> StaticWindow | None:
+        if not meta:
+            return None
+        return cls(int(meta["frames"]), int(meta["overlap"]), dict(meta["context"]))
+
+    def span(self, graph: str) -> int:
+        """Frames of input every call of `graph` takes."""
+        return self.frames + self.overlap + 2 * self.context[graph]
+
+    def place(self, start: int, graph: str, total: int) -> tuple[int, int]:
+        """[lo, hi) of the input span for a window starting at frame `start` of a `total`-frame
+        segment: `context` frames before it where the segment allows, shifted right at the
+        segment start and left at its end; `hi` passes `total` only when the segment is shorter
+        than the span (those frames are padded)."""
+        span = self.span(graph)
+        lo = min(max(0, start - self.context[graph]), max(0, total - span))
+        return lo, lo + span
 
 
 @dataclass
@@ -180,6 +217,8 @@ class SplitModel:
             self.generator = create_session(
                 self.folder / GENERATOR, provider=provider, threads=threads
             )
+        self.static = StaticWindow.from_meta(self.meta.get("window"))
+        """The bound window size, for a folder made by `shapes bind --window-frames`."""
         self.samples_per_frame = int(self.meta["samples_per_frame"])
         self.tensors: dict[str, dict[str, int]] = self.meta["tensors"]
         self.receptive_field = float(self.meta["receptive_field_frames"])
@@ -212,6 +251,22 @@ class SplitModel:
 
     # -- windows ---------------------------------------------------------------------------
 
+    def fit_plan(self, plan: WindowPlan) -> WindowPlan:
+        """`plan` at the bound window size of a bound folder (unchanged for a dynamic one)."""
+        if self.static is None:
+            return plan
+        if plan.stats not in ("window", "generator"):
+            raise UserInputError(
+                f"{self.folder} is bound to {self.static.frames}-frame windows, which renders "
+                f"only the window and generator statistics policies, not {plan.stats!r}; use "
+                "one of those or the dynamic split folder."
+            )
+        graph = BACK if plan.stats == "window" else GENERATOR
+        if graph not in self.static.context:
+            raise ModelFormatError(f"{self.folder}: {graph} is not bound to the window size.")
+        w, context = self.static.frames, self.static.context[graph]
+        return replace(plan, first=w, largest=w, overlap=self.static.overlap, context=context)
+
     def context_frames(self, plan: WindowPlan) -> int:
         if plan.context is not None:
             return plan.context
@@ -227,6 +282,7 @@ class SplitModel:
         """The [start, end) frames of each window, after the skipped leading pad. `slack_s`:
         seconds of audio already waiting ahead of playback when the segment starts (the
         `first` policy renders exactly, in one call, whatever that buffer can cover)."""
+        plan = self.fit_plan(plan)
         total = front.frames
         if plan.stats == "whole":
             return [(0, total)]
@@ -241,7 +297,7 @@ class SplitModel:
         size = plan.first
         while start < total:
             end = min(total, start + size)
-            if total - end < max(plan.first // 2, 1):  # no sliver at the end
+            if total - end < max(plan.first // 2, 1) and self.static is None:  # no sliver
                 end = total
             spans.append((start, end))
             start = end
@@ -292,6 +348,7 @@ class SplitModel:
     ) -> Iterator[np.ndarray]:
         """Audio of the segment, one array per window, joined by cross-fades."""
         style = np.asarray(style, np.float32).reshape(1, -1)
+        plan = self.fit_plan(plan)
         spans = spans or self.windows(front, plan, slack_s)
         if plan.stats == "whole":
             t0 = time.perf_counter()
@@ -325,6 +382,9 @@ class SplitModel:
             last = k == len(spans) - 1
             b_out = b if last else min(front.frames, b + plan.overlap)
             lo, hi = max(0, a - context), min(front.frames, b_out + context)
+            if self.static is not None:  # the bound span, inside the segment where it fits
+                graph = BACK if session is self.back else GENERATOR
+                lo, hi = self.static.place(a, graph, front.frames)
             exact = plan.stats == "first" and last
             if exact:
                 lo, hi = 0, front.frames  # the segment's own statistics: exact from here on
@@ -382,6 +442,21 @@ class SplitModel:
         lo: int,
         hi: int,
     ) -> np.ndarray:
+        (audio,) = session.run(None, self.window_feeds(session, source, style, front, lo, hi))
+        return np.asarray(audio, np.float32).reshape(-1)
+
+    def window_feeds(
+        self,
+        session: Any,
+        source: dict[str, np.ndarray],
+        style: np.ndarray,
+        front: FrontOutput,
+        lo: int,
+        hi: int,
+    ) -> dict[str, np.ndarray]:
+        """The inputs of `session` for frames [lo, hi): frame-level tensors sliced at their
+        rates, repeating their last frame past the segment's end (a bound span longer than
+        the segment), the style, and `phase0` at frame `lo`."""
         feeds: dict[str, np.ndarray] = {}
         for inp in session.get_inputs():
             name = inp.name
@@ -391,11 +466,8 @@ class SplitModel:
                 feeds[name] = self._phase0(front, lo, inp.shape)
             else:
                 axis, rate = self.tensors[name]["axis"], self.tensors[name]["rate"]
-                index = [slice(None)] * source[name].ndim
-                index[axis] = slice(lo * rate, hi * rate)
-                feeds[name] = np.ascontiguousarray(source[name][tuple(index)])
-        (audio,) = session.run(None, feeds)
-        return np.asarray(audio, np.float32).reshape(-1)
+                feeds[name] = _frames(source[name], axis, lo * rate, hi * rate)
+        return feeds
 
     def _phase0(self, front: FrontOutput, lo: int, shape: Any) -> np.ndarray:
         rate = self.tensors["phase_step"]["rate"]
@@ -416,3 +488,16 @@ class SplitModel:
     ) -> int:
         front = self.run_front(tokens, style, speed)
         return self.windows(front, plan)[0][0] * self.samples_per_frame
+
+
+def _frames(tensor: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
+    """tensor[lo:hi] along `axis`, edge-padded where hi passes its length."""
+    index = [slice(None)] * tensor.ndim
+    index[axis] = slice(lo, hi)
+    part = tensor[tuple(index)]
+    short = hi - lo - part.shape[axis]
+    if short > 0:
+        pad = [(0, 0)] * tensor.ndim
+        pad[axis] = (0, short)
+        part = np.pad(part, pad, mode="edge")
+    return np.ascontiguousarray(part)

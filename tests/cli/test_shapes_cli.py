@@ -128,3 +128,66 @@ def test_output_is_a_file(
 ) -> None:
     res = run_cli(["shapes", "bind", str(aligner), "-o", str(aligner)], capsys)
     assert res.exit_code == 2 and "is a file" in res.stderr
+
+
+@pytest.fixture
+def split_dir(tmp_path: Path) -> Path:
+    from kokoro_opt.passes import split as split_pass
+    from kokoro_opt.passes.base import PassContext
+    from tests.passes.split_graphs import kokoro_anatomy_model
+
+    models = split_pass.split(kokoro_anatomy_model(), split_pass.Config(), PassContext(threads=1))
+    return split_pass.save(models, tmp_path / "split")
+
+
+def test_bind_a_split_folder_to_one_window(
+    split_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
+) -> None:
+    out = tmp_path / "w6"
+    args = ["shapes", "bind", str(split_dir), "--window-frames", "6", "-o", str(out)]
+    res = run_cli([*args, "--measure", "--runs", "1", "--threads", "1"], capsys)
+    assert res.exit_code == 0, res.stderr
+    meta = json.loads((out / "split.json").read_text())
+    assert meta["window"]["frames"] == 6 and set(meta["window"]["context"]) == {
+        "back.onnx",
+        "generator.onnx",
+    }
+    summary = json.loads((out / "shapes.json").read_text())
+    for graph in ("back.onnx", "generator.onnx"):
+        d = summary["graphs"][graph]
+        assert d["static_tensors"] == d["tensors"] and d["check"]["max_abs_diff"] <= 1e-5
+        assert d["latency"]["paired_ratio"] > 0
+    assert "back.onnx" in res.stdout and "identical" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--window-frames", "0"], "A window holds 1 to 2048 frames (25 ms each); got 0."),
+        ([], "is a split folder: give --window-frames"),
+        (["--window-frames", "8", "--tokens", "32"], "a split folder takes --window-frames only"),
+        (["--window-frames", "8", "--overlap", "-1"], "--overlap takes 0 to 64 frames"),
+    ],
+)
+def test_bad_window_options(
+    split_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kokoro_home: Path,
+    extra: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "o"
+    res = run_cli(["shapes", "bind", str(split_dir), "-o", str(out), *extra], capsys)
+    assert res.exit_code == 2 and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_window_frames_need_a_split_folder(
+    aligner: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kokoro_home: Path
+) -> None:
+    res = run_cli(
+        ["shapes", "bind", str(aligner), "--window-frames", "8", "-o", str(tmp_path / "o")], capsys
+    )
+    assert res.exit_code == 2 and "is not a split folder" in res.stderr

@@ -365,3 +365,26 @@ def test_split_step_writes_the_split_folder(
     assert meta["samples_per_frame"] == 16
     assert meta["source"]["sha256"] == result.manifest["inputs"]["model"]["sha256"]
     assert (folder / "back.onnx").is_file() and (folder / "generator.onnx").is_file()
+
+
+def test_split_then_window_binding(
+    write_recipe: Callable[..., Path], recipe_dir: Path, tmp_path: Path, kokoro_home: Path
+) -> None:
+    from tests.passes.split_graphs import kokoro_anatomy_model
+
+    onnx.save(kokoro_anatomy_model(), recipe_dir / "anatomy.onnx")
+    text = (
+        "name: static\nmodel: anatomy.onnx\nthreads: 1\nsteps:\n  - split\n"
+        "  - shapes:\n      window_frames: 6\n"
+    )
+    path = write_recipe(text)
+    result = _run(path, tmp_path)
+    folder = result.run_dir / "shapes" / "split"
+    meta = json.loads((folder / "split.json").read_text())
+    assert meta["window"]["frames"] == 6
+    assert (folder / "back.onnx").is_file() and (folder / "front.onnx").is_file()
+    summary = result.steps[1].summary
+    assert all(g["max_abs_diff"] <= 1e-5 for g in summary["graphs"].values())
+    assert all(g["static_tensors"] == g["tensors"] for g in summary["graphs"].values())
+    again = _run(path, tmp_path)
+    assert _statuses(again) == ["cached", "cached"]

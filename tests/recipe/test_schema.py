@@ -187,6 +187,13 @@ def test_output_model_must_be_a_file_name() -> None:
         ("  - quantize: {}\n  - int4: {}\n", 5, "int4 needs a float model"),
         ("  - shapes: {}\n  - optimize: {}\n", 5, "a model step cannot follow steps[0] (shapes)"),
         ("  - shapes: {}\n  - shapes: {}\n", 5, "only one shapes step"),
+        ("  - shapes:\n      window_frames: 24\n", 4, "put a split step before it"),
+        (
+            "  - split: {}\n  - shapes: {window_frames: 8}\n  - shapes: {window_frames: 9}\n",
+            6,
+            "only one shapes step with window_frames",
+        ),
+        ("  - split: {}\n  - split: {}\n", 5, "only one split step"),
     ],
 )
 def test_step_order(steps: str, line: int, words: str) -> None:
@@ -226,3 +233,13 @@ def test_resolve_recipe_by_shipped_name() -> None:
     with pytest.raises(RecipeError, match="Did you mean 'cpu-int8'"):
         resolve_recipe("cpu-int9")
     assert issubclass(RecipeError, UserInputError)  # exit code 2 at the CLI
+
+
+def test_window_frames_bind_a_split_not_token_buckets() -> None:
+    message = _error(
+        HEAD + "  - split: {}\n  - shapes:\n      window_frames: 24\n      tokens: [32]\n"
+    )
+    assert message.startswith("r.yaml:5: steps[1] (shapes): ")
+    assert "window_frames binds the split folder's back graphs" in message
+    message = _error(HEAD + "  - split: {}\n  - shapes:\n      window_frames: 0\n")
+    assert "a window holds 1 to 2048 frames, got 0" in message
