@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from kokoro_opt.runtime.g2p import get_g2p  # noqa: E402
 from kokoro_opt.runtime.tokenizer import tokenize  # noqa: E402
 from kokoro_opt.runtime.voices import VoiceLibrary, style_for  # noqa: E402
-from kokoro_opt.runtime.windowed import FrontOutput, SplitModel  # noqa: E402
+from kokoro_opt.runtime.windowed import SplitModel  # noqa: E402
 
 SOURCE_SPECTRUM = "/decoder/decoder/generator/Concat_3_output_0"
 BODY_OUTPUT = "/decoder/decoder/generator/conv_post/Conv_output_0"
@@ -130,30 +130,6 @@ def batchable_body(generator: Any) -> Any:
     return model
 
 
-def window_feeds(
-    split: SplitModel,
-    session: Any,
-    source: dict[str, np.ndarray],
-    style: np.ndarray,
-    front: FrontOutput,
-    lo: int,
-    hi: int,
-) -> dict[str, np.ndarray]:
-    """The feeds `SplitModel._run_back` gives `session` for input frames [lo, hi)."""
-    feeds = {}
-    for inp in session.get_inputs():
-        if inp.name == "style":
-            feeds[inp.name] = style
-        elif inp.name == "phase0":
-            feeds[inp.name] = split._phase0(front, lo, inp.shape)
-        else:
-            axis, rate = split.tensors[inp.name]["axis"], split.tensors[inp.name]["rate"]
-            index = [slice(None)] * source[inp.name].ndim
-            index[axis] = slice(lo * rate, hi * rate)
-            feeds[inp.name] = np.ascontiguousarray(source[inp.name][tuple(index)])
-    return feeds
-
-
 def timed(threads: int, call: Callable[[], Any]) -> tuple[Any, float, float]:
     clock = time.thread_time if threads == 1 else time.process_time
     c0, t0 = clock(), time.perf_counter()
@@ -218,8 +194,8 @@ def main() -> None:
                 for j in range(STREAMS):
                     lo = START + 40 * j
                     hi = lo + size + 2 * context
-                    f = window_feeds(
-                        split[1], spectrum_session, generator_source, styles[j], front, lo, hi
+                    f = split[1].window_feeds(
+                        spectrum_session, generator_source, styles[j], front, lo, hi
                     )
                     _, spectrum = spectrum_session.run(None, f)
                     wins.append(
@@ -272,7 +248,7 @@ def main() -> None:
                     session = getattr(sm, name)
                     for size in (1, *SIZES, 96):
                         hi = START + size + 2 * context
-                        f = window_feeds(sm, session, source, style, front, START, hi)
+                        f = sm.window_feeds(session, source, style, front, START, hi)
                         _, cpu, wall = timed(t, lambda session=session, f=f: session.run(None, f))
                         if r:
                             runs.setdefault((name, t, size), []).append((cpu, wall))
@@ -303,9 +279,9 @@ def main() -> None:
                 one, two = getattr(split[1], name), getattr(split[2], name)
                 for size in SIZES:
                     span = size + 2 * context
-                    a = window_feeds(split[1], one, source, styles[0], front, START, START + span)
+                    a = split[1].window_feeds(one, source, styles[0], front, START, START + span)
                     lo = START + 40
-                    b = window_feeds(split[1], one, source, styles[1], front, lo, lo + span)
+                    b = split[1].window_feeds(one, source, styles[1], front, lo, lo + span)
                     _, cpu2, wall2 = timed(
                         2, lambda a=a, b=b, two=two: [two.run(None, a), two.run(None, b)]
                     )
