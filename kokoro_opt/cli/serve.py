@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from kokoro_opt.cli._windows import FirstWindow, WindowContext, window_plan
 from kokoro_opt.cli.console import err_console
 from kokoro_opt.runtime.voices import DEFAULT_VOICE
 
@@ -104,16 +105,8 @@ def serve(
             "exact after it), generator, window, or whole (no windowing)."
         ),
     ] = "first",
-    first_window: Annotated[
-        int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
-    ] = 6,
-    window_context: Annotated[
-        int,
-        typer.Option(
-            help="Frames of input on each side of an approximate window with --split (the "
-            "generator's receptive field is about 6; fewer makes first audio cheaper)."
-        ),
-    ] = 3,
+    first_window: FirstWindow = 6,
+    window_context: WindowContext = 3,
     cache_entries: Annotated[
         int,
         typer.Option(help="First segments kept in the primer cache; 0 turns the cache off."),
@@ -211,14 +204,7 @@ def serve(
     ]
     plan = None
     if split is not None:
-        from kokoro_opt.runtime.windowed import WindowPlan
-
-        plan = WindowPlan(
-            window,  # type: ignore[arg-type]
-            first=first_window,
-            context=window_context,
-            trail=12,
-        )
+        plan = window_plan(window, first_window, window_context)
     settings = ServerSettings(
         api_key=api_key,
         max_chars=max_chars,

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from kokoro_opt.cli._windows import FirstWindow, WindowContext, window_plan
 from kokoro_opt.cli.console import console, err_console
 
 DEFAULT_MODEL = "kokoro-fp32"
@@ -92,16 +93,8 @@ def speak(
         str,
         typer.Option(help="Statistics policy with --split: first, generator, window or whole."),
     ] = "first",
-    first_window: Annotated[
-        int, typer.Option(help="Frames (25 ms each) in the first window with --split.")
-    ] = 6,
-    window_context: Annotated[
-        int,
-        typer.Option(
-            help="Frames of input on each side of an approximate window with --split (the "
-            "generator's receptive field is about 6; fewer makes first audio cheaper)."
-        ),
-    ] = 3,
+    first_window: FirstWindow = 6,
+    window_context: WindowContext = 3,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")
     ] = False,
@@ -145,14 +138,7 @@ def speak(
     model_path = resolve_model(model)
     plan = None
     if split is not None:
-        from kokoro_opt.runtime.windowed import WindowPlan
-
-        plan = WindowPlan(
-            window,  # type: ignore[arg-type]
-            first=first_window,
-            context=window_context,
-            trail=12,
-        )
+        plan = window_plan(window, first_window, window_context)
 
     start = time.perf_counter()
     with err_console.status(f"Loading {model_path.name} and the {lang} G2P ..."):
