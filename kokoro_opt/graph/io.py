@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -159,3 +160,20 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh folder beside `folder` to fill; on success it replaces `folder` (renamed into
+    place), on any failure it is removed, so `folder` is never left half-written."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield stage
+        if folder.exists():
+            shutil.rmtree(folder)
+        stage.rename(folder)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

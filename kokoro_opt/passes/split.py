@@ -456,22 +456,12 @@ def _kernel(index: GraphIndex, node: onnx.NodeProto) -> int:
 def save(models: SplitModels, folder: str | Path) -> Path:
     """Write the split graphs and split.json into `folder` (staged, then renamed into place)."""
     import json
-    import shutil
-    import tempfile
 
-    from kokoro_opt.graph.io import save_model_atomic
+    from kokoro_opt.graph.io import save_model_atomic, staged_folder
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder) as stage:
         for name, model in models.files().items():
             save_model_atomic(model, stage / name)
         (stage / META).write_text(json.dumps(models.meta, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        stage.rename(folder)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return folder

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,7 +299,7 @@ def bind_split(
 ) -> BoundSplit:
     """Write `output`: `source`'s split folder with its back graphs bound to `frames`-frame
     windows (staged beside it, then renamed into place)."""
-    from kokoro_opt.graph.io import load_model, save_model_atomic
+    from kokoro_opt.graph.io import load_model, save_model_atomic, staged_folder
 
     check_frames(frames)
     meta = read_split(source)
@@ -312,9 +311,7 @@ def bind_split(
         "span": {graph: c.span for graph, c in configs.items()},
     }
     result = BoundSplit(output, window, configs)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as stage:
         for name in sorted(p.name for p in source.glob("*.onnx")):
             if name in configs:
                 bound = run(load_model(source / name), configs[name], ctx)
@@ -330,12 +327,6 @@ def bind_split(
                 )
         meta = {**meta, "window": window, "bound_from": str(source)}
         (stage / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        stage.rename(output)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return result
 
 
